@@ -1,0 +1,149 @@
+"""The data contract: every Iceberg table of the platform, with its schema, partition spec and properties.
+
+Field ids are fixed here, so a column keeps its id across evolutions. Adding a column means adding an
+optional field with a new id; :func:`iceberg_schemas.registry.ensure_table` applies it as a schema
+evolution, never as a drop and re-create.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from pyiceberg.partitioning import PartitionField, PartitionSpec
+from pyiceberg.schema import Schema
+from pyiceberg.transforms import DayTransform, IdentityTransform
+from pyiceberg.types import (BooleanType, DoubleType, IntegerType, LongType, NestedField, StringType,
+                             TimestamptzType)
+
+from iceberg_schemas.features import FEATURE_VIEWS, FeatureView
+
+DEFAULT_PROPERTIES = {
+    "format-version": "2",
+    "write.format.default": "parquet",
+    "write.parquet.compression-codec": "zstd",
+    "write.metadata.delete-after-commit.enabled": "true",
+    "write.metadata.previous-versions-max": "50",
+}
+
+
+@dataclass(frozen=True)
+class TableSpec:
+    namespace: str
+    name: str
+    schema: Schema
+    partition_spec: PartitionSpec
+    description: str
+    properties: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def identifier(self) -> str:
+        return f"{self.namespace}.{self.name}"
+
+    def all_properties(self) -> dict[str, str]:
+        return {**DEFAULT_PROPERTIES, "comment": self.description, **self.properties}
+
+
+def _day(source_id: int, name: str, field_id: int = 1000) -> PartitionSpec:
+    return PartitionSpec(PartitionField(source_id=source_id, field_id=field_id, transform=DayTransform(),
+                                        name=f"{name}_day"))
+
+
+def _f(fid: int, name: str, typ, required: bool = False, doc: str | None = None) -> NestedField:
+    return NestedField(field_id=fid, name=name, field_type=typ, required=required, doc=doc)
+
+
+RAW_TRIPS = TableSpec(
+    "raw", "trips",
+    Schema(
+        _f(1, "trip_id", StringType(), True, "stable id of the trip, shared by its start and end events"),
+        _f(2, "event_type", StringType(), True, "start or end"),
+        _f(3, "event_time", TimestamptzType(), True, "when it happened (event time)"),
+        _f(4, "pickup_community_area", IntegerType()),
+        _f(5, "dropoff_community_area", IntegerType()),
+        _f(6, "company", StringType()),
+        _f(7, "payment_type", StringType()),
+        _f(8, "fare", DoubleType(), doc="end events only"),
+        _f(9, "trip_miles", DoubleType(), doc="end events only"),
+        _f(10, "trip_seconds", LongType(), doc="end events only"),
+        _f(11, "pickup_latitude", DoubleType()),
+        _f(12, "pickup_longitude", DoubleType()),
+        _f(13, "dropoff_latitude", DoubleType()),
+        _f(14, "dropoff_longitude", DoubleType()),
+        _f(15, "ingest_time", TimestamptzType(), doc="when Flink read it"),
+        _f(16, "is_late", BooleanType(), doc="arrived after the watermark passed its window"),
+    ),
+    _day(3, "event_time"),
+    "Every trip event as it arrived on Kafka topic `trips`, late ones included.",
+)
+
+LABELS = TableSpec(
+    "labels", "trips",
+    Schema(
+        _f(1, "trip_id", StringType(), True),
+        _f(2, "label_time", TimestamptzType(), True, "when the tip became known"),
+        _f(3, "decision_time", TimestamptzType(), doc="when the prediction was made (the trip's end)"),
+        _f(4, "company", StringType()),
+        _f(5, "fare", DoubleType()),
+        _f(6, "tips", DoubleType()),
+        _f(7, "big_tipper", BooleanType(), doc="TFX's label: tips > 0.2 * fare"),
+    ),
+    _day(2, "label_time"),
+    "Delayed labels: the tip of each trip, known some time after the trip ended.",
+)
+
+PREDICTIONS = TableSpec(
+    "predictions", "trips",
+    Schema(
+        _f(1, "trip_id", StringType(), True),
+        _f(2, "event_time", TimestamptzType(), True),
+        _f(3, "model_name", StringType()),
+        _f(4, "model_version", LongType()),
+        _f(5, "score", DoubleType(), doc="P(big tipper); null when the call fell back"),
+        _f(6, "fallback_reason", StringType()),
+        _f(7, "latency_ms", DoubleType()),
+    ),
+    PartitionSpec(
+        PartitionField(source_id=2, field_id=1000, transform=DayTransform(), name="event_time_day"),
+        PartitionField(source_id=4, field_id=1001, transform=IdentityTransform(), name="model_version"),
+    ),
+    "Live predictions made inside the stream, with the model version that made each one.",
+)
+
+PROOF_EVENTS = TableSpec(
+    "ops", "proof_events",
+    Schema(
+        _f(1, "id", LongType(), True),
+        _f(2, "name", StringType()),
+        _f(3, "value", DoubleType()),
+        _f(4, "event_time", TimestamptzType()),
+    ),
+    _day(4, "event_time"),
+    "Written by the proof job (Kafka topic `proof` -> Flink -> Iceberg) to check the stack end to end.",
+)
+
+_ENTITY_TYPES = {"int": IntegerType, "string": StringType}
+
+
+def feature_table(view: FeatureView) -> TableSpec:
+    """The offline table of a feature view: entity, one column per derived feature name, times, version."""
+    fields = [_f(1, view.entity, _ENTITY_TYPES[view.entity_type](), True),
+              _f(2, "event_time", TimestamptzType(), True, "event time of the event that produced the row"),
+              _f(3, "window_end", TimestamptzType(), doc="end of the window the values cover"),
+              _f(4, "spec_version", IntegerType(), True),
+              _f(5, "computed_at", TimestamptzType())]
+    for i, name in enumerate(view.feature_names()):
+        typ = LongType() if name.split("_")[-2] in ("count", "distinct") else DoubleType()
+        fields.append(_f(100 + i, name, typ))
+    return TableSpec("features", view.name, Schema(*fields), _day(2, "event_time"), view.description,
+                     {"liveml.owner": view.owner, "liveml.ttl-s": str(view.ttl_s)})
+
+
+TABLES: tuple[TableSpec, ...] = (RAW_TRIPS, LABELS, PREDICTIONS, PROOF_EVENTS,
+                                 *(feature_table(v) for v in FEATURE_VIEWS))
+
+
+def table_spec(identifier: str) -> TableSpec:
+    for spec in TABLES:
+        if spec.identifier == identifier:
+            return spec
+    raise KeyError(f"no table {identifier!r}; declared: {[t.identifier for t in TABLES]}")

@@ -1,0 +1,308 @@
+"""One typed place for the platform's configuration.
+
+The effective config is layered the way pyiceberg layers its own: the YAML file (``liveml.yaml``, or the
+path in ``LIVEML_CONFIG``), then ``LIVEML_*`` environment variables, then explicit arguments, which win.
+``${VAR}`` inside the YAML is expanded from the environment so secrets never live in the repository.
+Every validation error names the file and the dotted field that is wrong.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Any, Literal, Mapping
+from urllib.parse import urlparse
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from liveml.errors import ConfigError
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_FILE = "liveml.yaml"
+ENV_PREFIX = "LIVEML_"
+ENV_NESTING = "__"
+_VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+def _hostport(value: str, field: str) -> str:
+    host, sep, port = value.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"{field} must look like HOST:PORT, got {value!r}")
+    return value
+
+
+class KafkaConfig(_Section):
+    bootstrap_servers: str = "localhost:9092"
+    controller_port: int = 9093
+    heap: str = "512m"
+    dlq_suffix: str = ".dlq"
+
+    @field_validator("bootstrap_servers")
+    @classmethod
+    def _check_servers(cls, v: str) -> str:
+        for part in v.split(","):
+            _hostport(part.strip(), "bootstrap_servers")
+        return v
+
+    @property
+    def port(self) -> int:
+        return int(self.bootstrap_servers.split(",")[0].rsplit(":", 1)[1])
+
+
+class RedisConfig(_Section):
+    url: str = "redis://localhost:6379/0"
+
+    @field_validator("url")
+    @classmethod
+    def _check_url(cls, v: str) -> str:
+        parsed = urlparse(v)
+        if parsed.scheme not in ("redis", "rediss") or not parsed.hostname:
+            raise ValueError(f"url must be redis://HOST:PORT/DB, got {v!r}")
+        return v
+
+    @property
+    def port(self) -> int:
+        return urlparse(self.url).port or 6379
+
+
+class FlinkConfig(_Section):
+    rest_url: str = "http://localhost:8081"
+    task_slots: int = Field(4, ge=1)
+    parallelism: int = Field(1, ge=1)
+    jobmanager_memory: str = "1024m"
+    taskmanager_memory: str = "2560m"
+    checkpoint_interval: str = "10s"
+    metrics_port_range: str = "9249-9259"
+
+    @field_validator("rest_url")
+    @classmethod
+    def _check_rest(cls, v: str) -> str:
+        parsed = urlparse(v)
+        if parsed.scheme not in ("http", "https") or not parsed.port:
+            raise ValueError(f"rest_url must be http://HOST:PORT, got {v!r}")
+        return v.rstrip("/")
+
+    @property
+    def host(self) -> str:
+        return urlparse(self.rest_url).hostname or "localhost"
+
+    @property
+    def port(self) -> int:
+        return urlparse(self.rest_url).port or 8081
+
+
+class ServingConfig(_Section):
+    grpc: str = "localhost:8500"
+    rest: str = "localhost:8501"
+    model_base_path: str = "models"
+    model_name: str = "tips"
+
+    @field_validator("grpc", "rest")
+    @classmethod
+    def _check_addr(cls, v: str, info: Any) -> str:
+        return _hostport(v, info.field_name)
+
+
+class CatalogConfig(_Section):
+    """The Iceberg JDBC catalog shared by pyiceberg and Flink.
+
+    ``backend: sqlite`` keeps a SQLite file under ``home``; ``backend: postgres`` takes ``postgres_url``
+    (``postgresql://user:password@host:port/db``), which allows several concurrent committers.
+    """
+
+    name: str = "liveml"
+    backend: Literal["sqlite", "postgres"] = "sqlite"
+    sqlite_path: str = "catalog/catalog.db"
+    postgres_url: str | None = None
+    warehouse: str = "warehouse"
+
+
+class PrometheusConfig(_Section):
+    port: int = 9090
+    scrape_interval: str = "5s"
+    metrics_base_port: int = 9300
+
+
+class LivemlConfig(_Section):
+    home: str = ".liveml"
+    jars_dir: str = ".liveml/jars"  # installed by `make setup`; relative to the checkout, not to home
+    kafka: KafkaConfig = KafkaConfig()
+    redis: RedisConfig = RedisConfig()
+    flink: FlinkConfig = FlinkConfig()
+    serving: ServingConfig = ServingConfig()
+    catalog: CatalogConfig = CatalogConfig()
+    prometheus: PrometheusConfig = PrometheusConfig()
+    source: str | None = Field(None, description="the YAML file this config came from, if any")
+
+    # --- derived paths -------------------------------------------------------------------------------
+    @property
+    def home_path(self) -> Path:
+        return _under(REPO_ROOT, self.home)
+
+    def path(self, *parts: str) -> Path:
+        return self.home_path.joinpath(*parts)
+
+    @property
+    def warehouse_path(self) -> Path:
+        return _under(self.home_path, self.catalog.warehouse)
+
+    @property
+    def sqlite_path(self) -> Path:
+        return _under(self.home_path, self.catalog.sqlite_path)
+
+    @property
+    def model_base_path(self) -> Path:
+        return _under(self.home_path, self.serving.model_base_path)
+
+    @property
+    def jars_path(self) -> Path:
+        return _under(REPO_ROOT, self.jars_dir)
+
+    # --- the catalog, spelled for each side ------------------------------------------------------------
+    def catalog_properties(self) -> dict[str, str]:
+        """Properties for ``pyiceberg.catalog.load_catalog(name, **properties)``."""
+        if self.catalog.backend == "postgres":
+            url = urlparse(self.catalog.postgres_url or "")
+            uri = url._replace(scheme="postgresql+psycopg2").geturl()
+        else:
+            uri = f"sqlite:///{self.sqlite_path}"
+        return {"type": "sql", "uri": uri, "warehouse": self.warehouse_path.as_uri()}
+
+    def flink_catalog_options(self) -> dict[str, str]:
+        """The same catalog as Flink's Iceberg connector sees it (JdbcCatalog through ``catalog-impl``)."""
+        opts = {
+            "type": "iceberg",
+            "catalog-impl": "org.apache.iceberg.jdbc.JdbcCatalog",
+            "warehouse": self.warehouse_path.as_uri(),
+        }
+        if self.catalog.backend == "postgres":
+            url = urlparse(self.catalog.postgres_url or "")
+            opts["uri"] = f"jdbc:postgresql://{url.hostname}:{url.port or 5432}{url.path}"
+            if url.username:
+                opts["jdbc.user"] = url.username
+            if url.password:
+                opts["jdbc.password"] = url.password
+        else:
+            opts["uri"] = f"jdbc:sqlite:{self.sqlite_path}"
+        return opts
+
+    def to_public_dict(self) -> dict[str, Any]:
+        data = self.model_dump()
+        data["home"] = str(self.home_path)
+        data["serving"]["model_base_path"] = str(self.model_base_path)
+        data["catalog"]["properties"] = self.catalog_properties()
+        data["catalog"]["flink_options"] = self.flink_catalog_options()
+        data["catalog"]["warehouse"] = str(self.warehouse_path)
+        return data
+
+
+def _under(base: Path, value: str) -> Path:
+    p = Path(os.path.expanduser(value))
+    return (p if p.is_absolute() else base / p).resolve()
+
+
+# --- loading -------------------------------------------------------------------------------------------
+def expand_vars(text: str, env: Mapping[str, str], source: str) -> str:
+    """Expand ``${VAR}`` and ``${VAR:-default}``; an unset variable without default is an error."""
+
+    def repl(m: re.Match[str]) -> str:
+        name, default = m.group(1), m.group(2)
+        if name in env:
+            return env[name]
+        if default is not None:
+            return default
+        line = text.count("\n", 0, m.start()) + 1
+        raise ConfigError(f"{source}:{line}: ${{{name}}} is not set; export {name} or give a default "
+                          f"as ${{{name}:-value}}")
+
+    return _VAR.sub(repl, text)
+
+
+def env_overrides(env: Mapping[str, str]) -> dict[str, Any]:
+    """``LIVEML_KAFKA__BOOTSTRAP_SERVERS=h:1`` becomes ``{"kafka": {"bootstrap_servers": "h:1"}}``."""
+    out: dict[str, Any] = {}
+    for key, value in env.items():
+        if not key.startswith(ENV_PREFIX) or key == "LIVEML_CONFIG":
+            continue
+        parts = key[len(ENV_PREFIX):].lower().split(ENV_NESTING)
+        node = out
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                break
+        else:
+            node[parts[-1]] = value
+    return out
+
+
+def deep_merge(base: dict[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in override.items():
+        if isinstance(value, Mapping) and isinstance(merged.get(key), dict):
+            merged[key] = deep_merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def find_config_file(explicit: str | os.PathLike[str] | None, env: Mapping[str, str]) -> Path | None:
+    if explicit:
+        return Path(explicit)
+    if env.get("LIVEML_CONFIG"):
+        return Path(env["LIVEML_CONFIG"])
+    for candidate in (Path.cwd() / DEFAULT_FILE, REPO_ROOT / DEFAULT_FILE):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def load_config(path: str | os.PathLike[str] | None = None, overrides: Mapping[str, Any] | None = None,
+                env: Mapping[str, str] | None = None) -> LivemlConfig:
+    """Load the effective config: file, then ``LIVEML_*`` variables, then ``overrides`` (which win)."""
+    env = os.environ if env is None else env
+    file = find_config_file(path, env)
+    data: dict[str, Any] = {}
+    source = "<defaults>"
+    if file is not None:
+        source = str(file)
+        if not file.is_file():
+            raise ConfigError(f"{file}: config file not found (set LIVEML_CONFIG or pass --config)")
+        text = expand_vars(file.read_text(), env, source)
+        try:
+            loaded = yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            mark = getattr(exc, "problem_mark", None)
+            where = f":{mark.line + 1}:{mark.column + 1}" if mark else ""
+            raise ConfigError(f"{file}{where}: not valid YAML: {getattr(exc, 'problem', exc)}") from None
+        if loaded is None:
+            loaded = {}
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"{file}: the top level must be a mapping of sections, got "
+                              f"{type(loaded).__name__}")
+        data = loaded
+    data = deep_merge(data, env_overrides(env))
+    if overrides:
+        data = deep_merge(data, overrides)
+    data["source"] = None if file is None else str(file)
+    try:
+        return LivemlConfig.model_validate(data)
+    except ValidationError as exc:
+        problems = []
+        for err in exc.errors():
+            field = ".".join(str(p) for p in err["loc"]) or "<root>"
+            origin = _origin(field, env, overrides)
+            problems.append(f"{source}: field '{field}'{origin}: {err['msg']}")
+        raise ConfigError("\n".join(problems)) from None
+
+
+def _origin(field: str, env: Mapping[str, str], overrides: Mapping[str, Any] | None) -> str:
+    var = ENV_PREFIX + field.upper().replace(".", ENV_NESTING)
+    if var in env:
+        return f" (from environment variable {var})"
+    return ""

@@ -1,0 +1,182 @@
+"""Flink from the pyflink wheel: its home, our config.yaml, the `flink run` command line, and the REST API.
+
+The launcher always passes every connector jar and the venv's Python (pyflink playgrounds #7: jars that go
+missing at submit time), so `liveml submit NAME` and the documented plain `flink run -py` work the same.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any, Sequence
+
+import requests
+
+from liveml.config import REPO_ROOT, LivemlConfig
+from liveml.errors import LivemlError, PrerequisiteError, ServiceError
+
+# Job name -> job file. Each job file has a main() and also runs under plain `flink run -py FILE`.
+JOBS: dict[str, str] = {
+    "proof": "flink_jobs/proof_job.py",
+}
+
+
+def flink_home() -> Path:
+    try:
+        import pyflink
+    except ImportError:  # pragma: no cover - only without `make setup`
+        raise PrerequisiteError("pyflink is not installed in this Python. Run `make setup`.") from None
+    return Path(pyflink.__file__).resolve().parent
+
+
+def python_executable() -> str:
+    """The venv's Python: Flink's Python workers must import pyflink and our packages."""
+    return sys.executable
+
+
+def _set(conf: dict[str, Any], dotted: str, value: Any) -> None:
+    """Set ``a.b.c`` in Flink's nested config.yaml, replacing any flat or nested spelling of it."""
+    conf.pop(dotted, None)
+    node = conf
+    parts = dotted.split(".")
+    for part in parts[:-1]:
+        nxt = node.get(part)
+        if not isinstance(nxt, dict):
+            nxt = {}
+            node[part] = nxt
+        node = nxt
+    node[parts[-1]] = value
+
+
+def render_flink_conf(cfg: LivemlConfig, base: dict[str, Any]) -> dict[str, Any]:
+    """Our cluster config on top of the wheel's, keeping its ``env.java.opts.all`` --add-opens list."""
+    conf = copy.deepcopy(base)
+    f = cfg.flink
+    home = cfg.path("flink")
+    py = python_executable()
+    settings = {
+        "jobmanager.rpc.address": "localhost",
+        "jobmanager.bind-host": "localhost",
+        "jobmanager.memory.process.size": f.jobmanager_memory,
+        "taskmanager.bind-host": "localhost",
+        "taskmanager.host": "localhost",
+        "taskmanager.numberOfTaskSlots": f.task_slots,
+        "taskmanager.memory.process.size": f.taskmanager_memory,
+        "parallelism.default": f.parallelism,
+        "rest.address": f.host,
+        "rest.bind-address": f.host,
+        "rest.port": f.port,
+        "python.executable": py,
+        "python.client.executable": py,
+        "execution.checkpointing.interval": f.checkpoint_interval,
+        "execution.checkpointing.dir": (home / "checkpoints").as_uri(),
+        "execution.checkpointing.savepoint-dir": (home / "savepoints").as_uri(),
+        "state.backend.type": "hashmap",
+        "io.tmp.dirs": str(home / "tmp"),
+        "env.pid.dir": str(home / "pid"),
+        "metrics.reporter.prom.factory.class": "org.apache.flink.metrics.prometheus.PrometheusReporterFactory",
+        "metrics.reporter.prom.port": f.metrics_port_range,
+    }
+    for key, value in settings.items():
+        _set(conf, key, value)
+    for sub in ("checkpoints", "savepoints", "tmp", "pid"):
+        (home / sub).mkdir(parents=True, exist_ok=True)
+    return conf
+
+
+def flink_env(cfg: LivemlConfig) -> dict[str, str]:
+    env = dict(os.environ)
+    env["FLINK_CONF_DIR"] = str(cfg.path("flink", "conf"))
+    env["FLINK_LOG_DIR"] = str(cfg.path("logs"))
+    env["PATH"] = f"{Path(python_executable()).parent}{os.pathsep}{env.get('PATH', '')}"
+    env.setdefault("LIVEML_HOME", str(cfg.home_path))
+    if cfg.source:
+        env.setdefault("LIVEML_CONFIG", cfg.source)
+    cfg.path("logs").mkdir(parents=True, exist_ok=True)
+    return env
+
+
+def job_jars(cfg: LivemlConfig) -> list[Path]:
+    """Jars every job ships in ``pipeline.jars``: the Kafka SQL connector, Iceberg runtime, Hadoop client."""
+    jar_dir = cfg.jars_path / "flink"
+    jars = sorted(jar_dir.glob("*.jar"))
+    needed = ("flink-sql-connector-kafka", "iceberg-flink-runtime")
+    missing = [n for n in needed if not any(j.name.startswith(n) for j in jars)]
+    if missing:
+        raise PrerequisiteError(f"connector jars {missing} are missing from {jar_dir}. Run `make setup` "
+                                "(Maven fetches them from deploy/maven/pom.xml).")
+    return jars
+
+
+def jdbc_drivers_installed() -> list[str]:
+    """JDBC drivers must sit in Flink's own lib/ (apache/iceberg#9097); `make setup` puts them there."""
+    return sorted(p.name for p in (flink_home() / "lib").glob("*.jar")
+                  if p.name.startswith(("sqlite-jdbc", "postgresql")))
+
+
+def pipeline_jars_value(cfg: LivemlConfig) -> str:
+    return ";".join(j.as_uri() for j in job_jars(cfg))
+
+
+def run_command(cfg: LivemlConfig, job: str, job_args: Sequence[str] = (), detached: bool = True) -> list[str]:
+    """The exact `flink run` command line for ``job`` (a name from JOBS or a path to a job file)."""
+    path = Path(JOBS.get(job, job))
+    path = path if path.is_absolute() else REPO_ROOT / path
+    if not path.is_file():
+        raise LivemlError(f"unknown job {job!r}: expected one of {sorted(JOBS)} or a path to a job file")
+    py = python_executable()
+    cmd = [str(flink_home() / "bin" / "flink"), "run", "-m", f"{cfg.flink.host}:{cfg.flink.port}"]
+    if detached:
+        cmd.append("-d")
+    cmd += ["-py", str(path), "-pyexec", py, "-pyclientexec", py, f"-Dpipeline.jars={pipeline_jars_value(cfg)}"]
+    return cmd + list(job_args)
+
+
+def submit(cfg: LivemlConfig, job: str, job_args: Sequence[str] = (), detached: bool = True,
+           timeout: float = 300) -> dict[str, Any]:
+    rest_check(cfg)
+    cmd = run_command(cfg, job, job_args, detached)
+    proc = subprocess.run(cmd, env=flink_env(cfg), capture_output=True, text=True, timeout=timeout)
+    out = proc.stdout + proc.stderr
+    job_id = None
+    for line in out.splitlines():
+        if "JobID" in line:
+            job_id = line.strip().split()[-1]
+    if proc.returncode != 0:
+        tail = "\n".join(out.splitlines()[-40:])
+        raise ServiceError(f"`flink run` for {job} failed (exit {proc.returncode}):\n{tail}")
+    return {"job": job, "job_id": job_id, "command": cmd, "output": out}
+
+
+def rest_check(cfg: LivemlConfig) -> None:
+    try:
+        requests.get(f"{cfg.flink.rest_url}/overview", timeout=3).raise_for_status()
+    except requests.RequestException:
+        raise ServiceError(f"Flink is not reachable at {cfg.flink.rest_url}: run `liveml up flink`.") from None
+
+
+def list_jobs(cfg: LivemlConfig) -> list[dict[str, Any]]:
+    rest_check(cfg)
+    resp = requests.get(f"{cfg.flink.rest_url}/jobs/overview", timeout=5)
+    resp.raise_for_status()
+    return [{"id": j["jid"], "name": j["name"], "state": j["state"], "start_time": j.get("start-time"),
+             "duration_ms": j.get("duration")} for j in resp.json().get("jobs", [])]
+
+
+def job_detail(cfg: LivemlConfig, job_id: str) -> dict[str, Any]:
+    resp = requests.get(f"{cfg.flink.rest_url}/jobs/{job_id}", timeout=5)
+    if resp.status_code == 404:
+        raise LivemlError(f"no Flink job {job_id} (see `liveml jobs`)")
+    resp.raise_for_status()
+    return resp.json()
+
+
+def cancel_job(cfg: LivemlConfig, job_id: str) -> None:
+    rest_check(cfg)
+    resp = requests.patch(f"{cfg.flink.rest_url}/jobs/{job_id}", params={"mode": "cancel"}, timeout=10)
+    if resp.status_code == 404:
+        raise LivemlError(f"no Flink job {job_id} (see `liveml jobs`)")
+    resp.raise_for_status()

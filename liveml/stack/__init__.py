@@ -1,0 +1,1 @@
+"""The local stack: real Kafka, Flink, Redis, Iceberg catalog and Prometheus on loopback."""

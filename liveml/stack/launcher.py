@@ -1,0 +1,59 @@
+"""`liveml up`, `down` and `status`: drive the services in dependency order and report on them."""
+
+from __future__ import annotations
+
+import time
+from typing import Callable, Iterable
+
+from liveml.config import LivemlConfig
+from liveml.errors import LivemlError
+from liveml.stack import process
+from liveml.stack.services import SERVICES, Service
+
+DEFAULT_SERVICES = tuple(SERVICES)
+
+
+def resolve(names: Iterable[str] | None) -> list[str]:
+    names = list(names or [])
+    if not names:
+        return list(DEFAULT_SERVICES)
+    unknown = [n for n in names if n not in SERVICES]
+    if unknown:
+        raise LivemlError(f"unknown service(s) {unknown}; known: {list(SERVICES)}")
+    return [n for n in DEFAULT_SERVICES if n in names]  # always in dependency order
+
+
+def services(cfg: LivemlConfig, names: Iterable[str] | None = None) -> list[Service]:
+    return [SERVICES[n](cfg) for n in resolve(names)]
+
+
+def up(cfg: LivemlConfig, names: Iterable[str] | None = None,
+       on_progress: Callable[[str, str, float], None] | None = None) -> dict[str, dict]:
+    cfg.home_path.mkdir(parents=True, exist_ok=True)
+    result = {}
+    for svc in services(cfg, names):
+        t0 = time.monotonic()
+        outcome = svc.start()
+        took = time.monotonic() - t0
+        result[svc.name] = {"outcome": outcome, "seconds": round(took, 2)}
+        if on_progress:
+            on_progress(svc.name, outcome, took)
+    return result
+
+
+def down(cfg: LivemlConfig, names: Iterable[str] | None = None) -> dict[str, dict]:
+    result = {}
+    for svc in reversed(services(cfg, names)):
+        outcome = svc.stop()
+        ports_busy = [p for p in svc.ports() if process.port_open("127.0.0.1", p)]
+        if outcome == "stopped":
+            deadline = time.monotonic() + 10
+            while ports_busy and time.monotonic() < deadline:
+                time.sleep(0.2)
+                ports_busy = [p for p in svc.ports() if process.port_open("127.0.0.1", p)]
+        result[svc.name] = {"outcome": outcome, "ports_still_open": ports_busy}
+    return result
+
+
+def status(cfg: LivemlConfig, names: Iterable[str] | None = None) -> dict[str, dict]:
+    return {svc.name: svc.status() for svc in services(cfg, names)}

@@ -1,0 +1,154 @@
+"""Processes we start, remembered by pid file, so `liveml down` stops exactly those and nothing else.
+
+A pid file records each pid with its start time: a pid the kernel has since given to another program
+is never mistaken for ours.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterable, Mapping, Sequence
+
+import psutil
+
+from liveml.errors import PortInUseError, ServiceError
+
+
+@dataclass(frozen=True)
+class Tracked:
+    pid: int
+    create_time: float
+
+    def alive(self) -> bool:
+        try:
+            proc = psutil.Process(self.pid)
+            return abs(proc.create_time() - self.create_time) < 1.0 and proc.status() != psutil.STATUS_ZOMBIE
+        except psutil.Error:
+            return False
+
+
+class PidFile:
+    def __init__(self, path: Path):
+        self.path = path
+
+    def read(self) -> list[Tracked]:
+        try:
+            data = json.loads(self.path.read_text())
+        except (FileNotFoundError, ValueError):
+            return []
+        return [Tracked(int(p["pid"]), float(p["create_time"])) for p in data.get("processes", [])]
+
+    def add(self, pid: int) -> None:
+        tracked = self.read() + [Tracked(pid, psutil.Process(pid).create_time())]
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.path.write_text(json.dumps({"processes": [t.__dict__ for t in tracked]}))
+
+    def alive(self) -> list[Tracked]:
+        return [t for t in self.read() if t.alive()]
+
+    def remove(self) -> None:
+        self.path.unlink(missing_ok=True)
+
+
+def spawn(cmd: Sequence[str], log: Path, pidfile: PidFile, env: Mapping[str, str] | None = None,
+          cwd: Path | None = None) -> subprocess.Popen:
+    """Start ``cmd`` in its own session (so a Ctrl-C in the shell does not kill it), logging to ``log``."""
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with open(log, "ab") as out:
+        proc = subprocess.Popen(list(cmd), stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                env=dict(env) if env is not None else None, cwd=cwd, start_new_session=True)
+    pidfile.add(proc.pid)
+    return proc
+
+
+def terminate(tracked: Iterable[Tracked], timeout: float = 20.0) -> None:
+    """SIGTERM each process group, wait, then SIGKILL whatever is left."""
+    procs = []
+    for t in tracked:
+        if not t.alive():
+            continue
+        try:
+            proc = psutil.Process(t.pid)
+            procs.extend([proc, *proc.children(recursive=True)])
+        except psutil.Error:
+            continue
+    for proc in procs:
+        try:
+            proc.send_signal(signal.SIGTERM)
+        except psutil.Error:
+            pass
+    _, alive = psutil.wait_procs(procs, timeout=timeout)
+    for proc in alive:
+        try:
+            proc.kill()
+        except psutil.Error:
+            pass
+    psutil.wait_procs(alive, timeout=5)
+
+
+def port_open(host: str, port: int, timeout: float = 0.5) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def port_owner(port: int) -> str | None:
+    """Best effort: 'pid 123 (java)' for the process listening on ``port``."""
+    try:
+        for conn in psutil.net_connections(kind="inet"):
+            if conn.laddr and conn.laddr.port == port and conn.status == psutil.CONN_LISTEN and conn.pid:
+                try:
+                    return f"pid {conn.pid} ({psutil.Process(conn.pid).name()})"
+                except psutil.Error:
+                    return f"pid {conn.pid}"
+    except (psutil.Error, PermissionError):
+        return None
+    return None
+
+
+def ensure_port_free(service: str, port: int, host: str = "127.0.0.1") -> None:
+    if port_open(host, port):
+        owner = port_owner(port)
+        who = f" by {owner}" if owner else ""
+        raise PortInUseError(
+            f"port {port} needed by {service} is already taken{who}, by a process `liveml up` did not start. "
+            f"Stop it, or choose another port in liveml.yaml (see `liveml config`).")
+
+
+def wait_until(check: Callable[[], bool], timeout: float, what: str, log: Path | None = None,
+               proc: subprocess.Popen | None = None, interval: float = 0.25) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise ServiceError(f"{what} exited with code {proc.returncode} while starting."
+                               + _tail_hint(log))
+        try:
+            if check():
+                return
+        except Exception:  # a health probe failing is the normal state while starting
+            pass
+        time.sleep(interval)
+    raise ServiceError(f"{what} was not healthy after {timeout:.0f}s." + _tail_hint(log))
+
+
+def _tail_hint(log: Path | None) -> str:
+    if log is None or not log.exists():
+        return ""
+    lines = log.read_text(errors="replace").splitlines()[-15:]
+    return f"\nLast lines of {log}:\n  " + "\n  ".join(lines)
+
+
+def child_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
+    env = dict(os.environ)
+    if extra:
+        env.update(extra)
+    return env

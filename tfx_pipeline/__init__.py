@@ -1,0 +1,1 @@
+"""Continuous training with TFX: filled in by the continuous-training issue."""
