@@ -73,6 +73,7 @@ class RedisConfig(_Section):
 
 class FlinkConfig(_Section):
     rest_url: str = "http://localhost:8081"
+    rpc_port: int = 6123
     task_slots: int = Field(4, ge=1)
     parallelism: int = Field(1, ge=1)
     jobmanager_memory: str = "1024m"

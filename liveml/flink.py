@@ -59,6 +59,7 @@ def render_flink_conf(cfg: LivemlConfig, base: dict[str, Any]) -> dict[str, Any]
     py = python_executable()
     settings = {
         "jobmanager.rpc.address": "localhost",
+        "jobmanager.rpc.port": f.rpc_port,
         "jobmanager.bind-host": "localhost",
         "jobmanager.memory.process.size": f.jobmanager_memory,
         "taskmanager.bind-host": "localhost",

@@ -31,7 +31,21 @@ def _which(binary: str, package: str) -> str:
 
 
 def java_binary() -> str:
-    return _which("java", "openjdk-17-jdk-headless")
+    """Java from JAVA_HOME when it is set, else from PATH; missing Java names the package to install."""
+    import os
+
+    java_home = os.environ.get("JAVA_HOME")
+    if java_home:
+        candidate = Path(java_home) / "bin" / "java"
+        if not candidate.exists():
+            raise PrerequisiteError(f"JAVA_HOME={java_home} has no bin/java. Install Java 17 "
+                                    "(`apt-get install openjdk-17-jdk-headless`) or fix JAVA_HOME.")
+        return str(candidate)
+    found = shutil.which("java")
+    if not found:
+        raise PrerequisiteError("Java 17 is not installed. Run `make setup` as root, or "
+                                "`apt-get install openjdk-17-jdk-headless`.")
+    return found
 
 
 class Service:
@@ -257,7 +271,7 @@ class FlinkService(Service):
     start_timeout = 120.0
 
     def ports(self) -> list[int]:
-        return [self.cfg.flink.port]
+        return [self.cfg.flink.port, self.cfg.flink.rpc_port]
 
     def address(self) -> str:
         return self.cfg.flink.rest_url

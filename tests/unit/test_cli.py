@@ -1,0 +1,76 @@
+"""The CLI's contract without services: JSON shapes, and errors that say what to do next."""
+
+import json
+import os
+import subprocess
+
+import pytest
+
+from tests.conftest import REPO, run_cli, write_test_config
+
+pytestmark = pytest.mark.unit
+
+
+def test_config_json_shape(tmp_path):
+    config = write_test_config(tmp_path)
+    data = json.loads(run_cli(config, "config", "--json").stdout)
+    assert data["home"] == str(tmp_path)
+    assert data["kafka"]["bootstrap_servers"] == "localhost:19092"
+    assert set(data["serving"]) >= {"grpc", "rest", "model_base_path"}
+    assert data["catalog"]["name"] == "liveml"
+    assert data["catalog"]["properties"]["uri"].startswith("sqlite:////")
+    assert data["flink"]["rest_url"] and data["redis"]["url"]
+
+
+def test_liveml_config_env_var_and_overrides(tmp_path):
+    config = write_test_config(tmp_path)
+    proc = run_cli(None, "config", "--json", env={"LIVEML_CONFIG": str(config), "LIVEML_REDIS__URL":
+                                                  "redis://elsewhere:7000/1"})
+    assert json.loads(proc.stdout)["redis"]["url"] == "redis://elsewhere:7000/1"
+
+
+def test_malformed_config_names_file_and_field(tmp_path):
+    bad = tmp_path / "liveml.yaml"
+    bad.write_text("flink:\n  task_slots: lots\n")
+    proc = run_cli(bad, "status", check=False)
+    assert proc.returncode == 2
+    err = " ".join(proc.stderr.split())
+    assert str(bad) in err and "'flink.task_slots'" in err
+    assert "Traceback" not in proc.stderr
+
+
+def test_missing_java_says_what_to_install(tmp_path):
+    config = write_test_config(tmp_path)
+    proc = run_cli(config, "up", "kafka", check=False, env={"JAVA_HOME": str(tmp_path / "no-jdk")})
+    assert proc.returncode == 3
+    assert "openjdk-17-jdk-headless" in proc.stderr and "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize("var, package", [("JAVA", "openjdk-17-jdk-headless"), ("MVN", "maven")])
+def test_setup_without_java_or_maven_says_what_to_install(var, package):
+    env = dict(os.environ, LIVEML_NO_APT="1", **{var: "/nonexistent/bin/tool"})
+    proc = subprocess.run(["bash", "deploy/setup.sh"], cwd=REPO, capture_output=True, text=True, env=env)
+    assert proc.returncode != 0
+    assert f"apt-get install {package}" in proc.stderr
+
+
+def test_down_with_nothing_running_is_harmless_twice(tmp_path):
+    config = write_test_config(tmp_path)
+    for _ in range(2):
+        data = json.loads(run_cli(config, "down", "--json").stdout)
+        assert {s["outcome"] for s in data["services"].values()} <= {"not running", "nothing to stop"}
+
+
+def test_unreachable_flink_names_the_fix(tmp_path):
+    config = write_test_config(tmp_path)
+    proc = run_cli(config, "jobs", check=False)
+    assert proc.returncode == 5
+    assert "liveml up flink" in proc.stderr and "18081" in proc.stderr
+
+
+def test_status_reports_down_services_with_addresses(tmp_path):
+    config = write_test_config(tmp_path)
+    data = json.loads(run_cli(config, "status", "--json").stdout)["services"]
+    assert set(data) >= {"kafka", "flink", "redis", "catalog"}
+    assert data["kafka"] == {**data["kafka"], "up": False, "address": "localhost:19092", "pid": None}
+    assert data["redis"]["up"] is False and data["flink"]["up"] is False

@@ -1,0 +1,108 @@
+"""Config layering and the errors that name the file and the field."""
+
+from pathlib import Path
+
+import pytest
+
+from liveml.config import env_overrides, load_config
+from liveml.errors import ConfigError
+
+pytestmark = pytest.mark.unit
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    p = tmp_path / "liveml.yaml"
+    p.write_text(text)
+    return p
+
+
+def test_defaults_follow_the_interface_contract(tmp_path):
+    cfg = load_config(write(tmp_path, ""), env={})
+    data = cfg.to_public_dict()
+    assert data["kafka"]["bootstrap_servers"] == "localhost:9092"
+    assert data["redis"]["url"] == "redis://localhost:6379/0"
+    assert data["flink"]["rest_url"] == "http://localhost:8081"
+    assert (data["serving"]["grpc"], data["serving"]["rest"]) == ("localhost:8500", "localhost:8501")
+    assert data["catalog"]["name"] == "liveml"
+    assert data["catalog"]["properties"]["type"] == "sql"
+    assert Path(data["home"]).is_absolute()
+
+
+def test_file_then_env_then_explicit(tmp_path):
+    path = write(tmp_path, "kafka:\n  bootstrap_servers: filehost:1\nredis:\n  url: redis://filehost:2/0\n")
+    env = {"LIVEML_KAFKA__BOOTSTRAP_SERVERS": "envhost:3", "LIVEML_REDIS__URL": "redis://envhost:4/0"}
+    cfg = load_config(path, overrides={"redis": {"url": "redis://arghost:5/0"}}, env=env)
+    assert cfg.kafka.bootstrap_servers == "envhost:3"  # env beats file
+    assert cfg.redis.url == "redis://arghost:5/0"  # explicit beats env
+
+
+def test_var_expansion_with_default_and_from_env(tmp_path):
+    path = write(tmp_path, "catalog:\n  backend: postgres\n  postgres_url: postgresql://u:${PGPASS}@db:5433/"
+                           "${PGDB:-iceberg}\n")
+    cfg = load_config(path, env={"PGPASS": "s3cret"})
+    assert cfg.catalog.postgres_url == "postgresql://u:s3cret@db:5433/iceberg"
+    assert cfg.catalog_properties()["uri"] == "postgresql+psycopg2://u:s3cret@db:5433/iceberg"
+    assert cfg.flink_catalog_options()["uri"] == "jdbc:postgresql://db:5433/iceberg"
+    assert cfg.flink_catalog_options()["jdbc.password"] == "s3cret"
+
+
+def test_unset_variable_names_file_line_and_variable(tmp_path):
+    path = write(tmp_path, "kafka:\n  bootstrap_servers: ${KAFKA_ADDR}\n")
+    with pytest.raises(ConfigError) as err:
+        load_config(path, env={})
+    assert f"{path}:2" in str(err.value) and "KAFKA_ADDR" in str(err.value)
+
+
+@pytest.mark.parametrize("text, field", [
+    ("kafka:\n  bootstrap_servers: no-port-here\n", "kafka.bootstrap_servers"),
+    ("flink:\n  task_slots: zero\n", "flink.task_slots"),
+    ("flink:\n  task_slots: 0\n", "flink.task_slots"),
+    ("redis:\n  url: http://x:1\n", "redis.url"),
+    ("catalog:\n  backend: oracle\n", "catalog.backend"),
+    ("kafka:\n  bootstrap_server: localhost:9092\n", "kafka.bootstrap_server"),
+])
+def test_bad_field_names_file_and_field(tmp_path, text, field):
+    path = write(tmp_path, text)
+    with pytest.raises(ConfigError) as err:
+        load_config(path, env={})
+    assert str(path) in str(err.value)
+    assert f"'{field}'" in str(err.value)
+
+
+def test_malformed_yaml_names_file_and_line(tmp_path):
+    path = write(tmp_path, "kafka:\n  bootstrap_servers: [localhost:9092\nredis: {}\n")
+    with pytest.raises(ConfigError) as err:
+        load_config(path, env={})
+    assert str(path) in str(err.value) and "not valid YAML" in str(err.value)
+
+
+def test_top_level_must_be_a_mapping(tmp_path):
+    with pytest.raises(ConfigError, match="mapping"):
+        load_config(write(tmp_path, "- a\n- b\n"), env={})
+
+
+def test_env_override_error_names_the_variable(tmp_path):
+    with pytest.raises(ConfigError) as err:
+        load_config(write(tmp_path, ""), env={"LIVEML_FLINK__TASK_SLOTS": "many"})
+    assert "LIVEML_FLINK__TASK_SLOTS" in str(err.value)
+
+
+def test_missing_explicit_file_is_an_error(tmp_path):
+    with pytest.raises(ConfigError, match="not found"):
+        load_config(tmp_path / "nope.yaml", env={})
+
+
+def test_env_overrides_nest_on_double_underscore():
+    assert env_overrides({"LIVEML_A__B__C": "1", "LIVEML_HOME": "/x", "OTHER": "2", "LIVEML_CONFIG": "f"}) == {
+        "a": {"b": {"c": "1"}}, "home": "/x"}
+
+
+def test_catalog_properties_open_with_plain_pyiceberg(tmp_path):
+    from pyiceberg.catalog import load_catalog
+
+    cfg = load_config(write(tmp_path, f"home: {tmp_path}\n"), env={})
+    cfg.sqlite_path.parent.mkdir(parents=True)
+    catalog = load_catalog(cfg.catalog.name, **cfg.catalog_properties())
+    catalog.create_namespace("smoke")
+    assert ("smoke",) in catalog.list_namespaces()
+    assert cfg.flink_catalog_options()["uri"] == f"jdbc:sqlite:{cfg.sqlite_path}"
