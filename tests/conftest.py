@@ -20,15 +20,19 @@ TEST_PORTS = {"kafka": 19092, "kafka_controller": 19093, "redis": 16379, "flink_
               "flink_rpc": 16123, "prometheus": 19090, "flink_metrics": "19249-19259", "metrics": 19300}
 
 
-def write_test_config(home: Path) -> Path:
+# Ports nothing listens on, for unit tests of the CLI that must see services as down.
+OFFLINE_PORTS = {k: (v + 20000 if isinstance(v, int) else "39249-39259") for k, v in TEST_PORTS.items()}
+
+
+def write_test_config(home: Path, ports: dict | None = None) -> Path:
+    TEST = ports or TEST_PORTS
     cfg = {
         "home": str(home),
-        "kafka": {"bootstrap_servers": f"localhost:{TEST_PORTS['kafka']}",
-                  "controller_port": TEST_PORTS["kafka_controller"]},
-        "redis": {"url": f"redis://localhost:{TEST_PORTS['redis']}/0"},
-        "flink": {"rest_url": f"http://localhost:{TEST_PORTS['flink_rest']}", "rpc_port": TEST_PORTS["flink_rpc"],
-                  "metrics_port_range": TEST_PORTS["flink_metrics"], "checkpoint_interval": "5s"},
-        "prometheus": {"port": TEST_PORTS["prometheus"], "metrics_base_port": TEST_PORTS["metrics"]},
+        "kafka": {"bootstrap_servers": f"localhost:{TEST['kafka']}", "controller_port": TEST["kafka_controller"]},
+        "redis": {"url": f"redis://localhost:{TEST['redis']}/0"},
+        "flink": {"rest_url": f"http://localhost:{TEST['flink_rest']}", "rpc_port": TEST["flink_rpc"],
+                  "metrics_port_range": TEST["flink_metrics"], "checkpoint_interval": "5s"},
+        "prometheus": {"port": TEST["prometheus"], "metrics_base_port": TEST["metrics"]},
     }
     path = home / "liveml.yaml"
     home.mkdir(parents=True, exist_ok=True)

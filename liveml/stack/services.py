@@ -285,8 +285,8 @@ class FlinkService(Service):
 
         home = flink_home()
         self.conf_dir.mkdir(parents=True, exist_ok=True)
-        for item in (home / "conf").iterdir():
-            if item.name.startswith("log4j") or item.name.startswith("logback"):
+        for item in (home / "conf").iterdir():  # log4j, logback, masters, workers: as shipped
+            if item.is_file() and item.name != "config.yaml":
                 shutil.copy(item, self.conf_dir / item.name)
         conf = render_flink_conf(self.cfg, yaml.safe_load((home / "conf" / "config.yaml").read_text()))
         (self.conf_dir / "config.yaml").write_text(yaml.safe_dump(conf, sort_keys=True))

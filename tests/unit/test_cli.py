@@ -6,7 +6,12 @@ import subprocess
 
 import pytest
 
-from tests.conftest import REPO, run_cli, write_test_config
+from tests.conftest import OFFLINE_PORTS, REPO, run_cli
+from tests.conftest import write_test_config as _write
+
+
+def write_test_config(home):
+    return _write(home, OFFLINE_PORTS)
 
 pytestmark = pytest.mark.unit
 
@@ -15,7 +20,7 @@ def test_config_json_shape(tmp_path):
     config = write_test_config(tmp_path)
     data = json.loads(run_cli(config, "config", "--json").stdout)
     assert data["home"] == str(tmp_path)
-    assert data["kafka"]["bootstrap_servers"] == "localhost:19092"
+    assert data["kafka"]["bootstrap_servers"] == f"localhost:{OFFLINE_PORTS['kafka']}"
     assert set(data["serving"]) >= {"grpc", "rest", "model_base_path"}
     assert data["catalog"]["name"] == "liveml"
     assert data["catalog"]["properties"]["uri"].startswith("sqlite:////")
@@ -65,12 +70,12 @@ def test_unreachable_flink_names_the_fix(tmp_path):
     config = write_test_config(tmp_path)
     proc = run_cli(config, "jobs", check=False)
     assert proc.returncode == 5
-    assert "liveml up flink" in proc.stderr and "18081" in proc.stderr
+    assert "liveml up flink" in proc.stderr and str(OFFLINE_PORTS["flink_rest"]) in proc.stderr
 
 
 def test_status_reports_down_services_with_addresses(tmp_path):
     config = write_test_config(tmp_path)
     data = json.loads(run_cli(config, "status", "--json").stdout)["services"]
     assert set(data) >= {"kafka", "flink", "redis", "catalog"}
-    assert data["kafka"] == {**data["kafka"], "up": False, "address": "localhost:19092", "pid": None}
+    assert data["kafka"] == {**data["kafka"], "up": False, "address": f"localhost:{OFFLINE_PORTS['kafka']}", "pid": None}
     assert data["redis"]["up"] is False and data["flink"]["up"] is False
