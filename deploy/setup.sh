@@ -31,6 +31,7 @@ command -v "$MVN" >/dev/null || missing_pkgs+=(maven)
 command -v redis-server >/dev/null || missing_pkgs+=(redis-server)
 [ -x /usr/bin/prometheus ] || command -v prometheus >/dev/null || missing_pkgs+=(prometheus)
 command -v kcat >/dev/null || missing_pkgs+=(kcat)
+ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing_pkgs+=(postgresql)  # catalog.backend: postgres
 if [ ${#missing_pkgs[@]} -gt 0 ]; then
   if [ "$(id -u)" = "0" ] && command -v apt-get >/dev/null && [ -z "${LIVEML_NO_APT:-}" ]; then
     say "apt-get install ${missing_pkgs[*]}"
@@ -38,7 +39,7 @@ if [ ${#missing_pkgs[@]} -gt 0 ]; then
     apt-get update -qq >/dev/null
     apt-get install -y -qq --no-install-recommends "${missing_pkgs[@]}" >/dev/null
     # the Debian services start themselves; the stack runs its own copies under .liveml/
-    for svc in redis-server prometheus; do
+    for svc in redis-server prometheus postgresql; do
       if command -v systemctl >/dev/null && systemctl is-active --quiet "$svc" 2>/dev/null; then
         systemctl stop "$svc" || true; systemctl disable "$svc" >/dev/null 2>&1 || true
       fi

@@ -15,7 +15,7 @@ from typing import Any, Literal, Mapping
 from urllib.parse import urlparse
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from liveml.errors import ConfigError
 
@@ -121,7 +121,16 @@ class CatalogConfig(_Section):
     backend: Literal["sqlite", "postgres"] = "sqlite"
     sqlite_path: str = "catalog/catalog.db"
     postgres_url: str | None = None
+    postgres_managed: bool = True  # `liveml up` runs a local PostgreSQL for postgres_url
     warehouse: str = "warehouse"
+
+    @model_validator(mode="after")
+    def _postgres_needs_url(self) -> "CatalogConfig":
+        if self.backend == "postgres":
+            url = urlparse(self.postgres_url or "")
+            if url.scheme not in ("postgresql", "postgres") or not url.hostname or not url.path.strip("/"):
+                raise ValueError("backend postgres needs postgres_url: postgresql://USER:PASSWORD@HOST:PORT/DB")
+        return self
 
 
 class PrometheusConfig(_Section):

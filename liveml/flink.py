@@ -94,8 +94,8 @@ def flink_env(cfg: LivemlConfig) -> dict[str, str]:
     env["FLINK_LOG_DIR"] = str(cfg.path("logs"))
     env["PATH"] = f"{Path(python_executable()).parent}{os.pathsep}{env.get('PATH', '')}"
     env.setdefault("LIVEML_HOME", str(cfg.home_path))
-    if cfg.source:
-        env.setdefault("LIVEML_CONFIG", cfg.source)
+    if cfg.source:  # the job's client process reads the same config as the command that submitted it
+        env["LIVEML_CONFIG"] = cfg.source
     cfg.path("logs").mkdir(parents=True, exist_ok=True)
     return env
 

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
+import tempfile
 import sys
 from pathlib import Path
 
@@ -56,15 +58,20 @@ def cli_json(config: Path, *args: str):
 
 
 @pytest.fixture(scope="session")
-def stack_config(tmp_path_factory) -> Path:
-    """The real stack (catalog, Kafka, Redis, Flink, Prometheus), up for the whole session, then down."""
-    home = tmp_path_factory.mktemp("liveml-home")
+def stack_config() -> Path:
+    """The real stack (catalog, Kafka, Redis, Flink, Prometheus), up for the whole session, then down.
+
+    Its home is world-traversable (pytest's own tmp dirs are 0700) because a managed PostgreSQL runs as
+    the `postgres` user and must reach its data directory."""
+    home = Path(tempfile.mkdtemp(prefix="liveml-test-"))
+    home.chmod(0o755)
     config = write_test_config(home)
     try:
         run_cli(config, "up")
         yield config
     finally:
         run_cli(config, "down", check=False)
+        shutil.rmtree(home, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

@@ -13,18 +13,28 @@ from liveml.stack.services import SERVICES, Service
 DEFAULT_SERVICES = tuple(SERVICES)
 
 
-def resolve(names: Iterable[str] | None) -> list[str]:
+def enabled(cfg: LivemlConfig) -> list[str]:
+    """The services this config runs: a local PostgreSQL only for a managed PostgreSQL catalog."""
+    managed_pg = cfg.catalog.backend == "postgres" and cfg.catalog.postgres_managed
+    return [n for n in DEFAULT_SERVICES if n != "postgres" or managed_pg]
+
+
+def resolve(cfg: LivemlConfig, names: Iterable[str] | None) -> list[str]:
     names = list(names or [])
     if not names:
-        return list(DEFAULT_SERVICES)
+        return enabled(cfg)
     unknown = [n for n in names if n not in SERVICES]
     if unknown:
-        raise LivemlError(f"unknown service(s) {unknown}; known: {list(SERVICES)}")
+        raise LivemlError(f"unknown service(s) {unknown}; known: {enabled(cfg)}")
+    off = [n for n in names if n not in enabled(cfg)]
+    if off:
+        raise LivemlError(f"{off} is not part of this stack: a local PostgreSQL runs only with "
+                          "catalog.backend: postgres and catalog.postgres_managed: true")
     return [n for n in DEFAULT_SERVICES if n in names]  # always in dependency order
 
 
 def services(cfg: LivemlConfig, names: Iterable[str] | None = None) -> list[Service]:
-    return [SERVICES[n](cfg) for n in resolve(names)]
+    return [SERVICES[n](cfg) for n in resolve(cfg, names)]
 
 
 def up(cfg: LivemlConfig, names: Iterable[str] | None = None,

@@ -60,6 +60,7 @@ def test_unset_variable_names_file_line_and_variable(tmp_path):
     ("redis:\n  url: http://x:1\n", "redis.url"),
     ("catalog:\n  backend: oracle\n", "catalog.backend"),
     ("kafka:\n  bootstrap_server: localhost:9092\n", "kafka.bootstrap_server"),
+    ("catalog:\n  backend: postgres\n", "catalog"),
 ])
 def test_bad_field_names_file_and_field(tmp_path, text, field):
     path = write(tmp_path, text)
