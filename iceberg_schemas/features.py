@@ -1,8 +1,12 @@
-"""Feature views, declared once: the entity, the source, the aggregations, the windows, TTL and owner.
+"""Feature views, declared once: the entity, the source, the aggregations, the window, TTL and owner.
 
 In the style of Chronon's GroupBy and Feast's FeatureView, each declaration here drives everything else:
-the Iceberg feature-table schema (``iceberg_schemas.tables``), and in later stages the Flink SQL, the Redis
-layout and the training-set columns. Output names come from one rule, :func:`feature_name`.
+the Flink SQL (``flink_jobs.feature_sql``), the Iceberg feature-table schema (``iceberg_schemas.tables``),
+the Redis key layout (``liveml.online``) and the feature columns training and serving use
+(:func:`feature_columns`). Output names come from one rule, :func:`feature_name`.
+
+One window per view: Flink evaluates every OVER aggregate of a query on the same window, so a second
+window is a second view (``pickup_area_15m`` beside ``pickup_area_1h``).
 """
 
 from __future__ import annotations
@@ -11,7 +15,7 @@ import re
 from dataclasses import dataclass, field
 from datetime import timedelta
 
-SPEC_VERSION = 1
+SPEC_VERSION = 2
 
 AGG_OPS = ("count", "sum", "avg", "min", "max", "last", "distinct", "rate")
 _WINDOW = re.compile(r"^(\d+)(s|m|h|d)$")
@@ -37,12 +41,19 @@ def feature_name(column: str, op: str, window: str) -> str:
 
 @dataclass(frozen=True)
 class Aggregation:
-    column: str  # the source field; for "count" a noun for what is counted ("trips")
+    column: str  # the name part: the source field, or for "count" a noun for what is counted ("trips")
     op: str
-    windows: tuple[str, ...]
+    source: str | None = None  # the source field when it differs from ``column`` (None for count)
 
-    def names(self) -> list[str]:
-        return [feature_name(self.column, self.op, w) for w in self.windows]
+    @property
+    def source_field(self) -> str | None:
+        if self.op == "count":
+            return None
+        return self.source or self.column
+
+    @property
+    def is_integer(self) -> bool:
+        return self.op in ("count", "distinct")
 
 
 @dataclass(frozen=True)
@@ -50,46 +61,74 @@ class FeatureView:
     name: str
     entity: str  # the key column, as named in the source events
     entity_type: str  # "int" or "string"
-    source: str  # Kafka topic the view reads
+    source: str  # a name from iceberg_schemas.sources.SOURCES
+    window: str
     aggregations: tuple[Aggregation, ...]
     ttl: timedelta
     description: str
     owner: str
+    filter: str | None = None  # a SQL predicate over the source's fields, e.g. "event_type = 'end'"
     tags: dict[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        window_seconds(self.window)
+        names = self.feature_names()
+        if len(names) != len(set(names)):
+            raise ValueError(f"view {self.name}: duplicate feature names {names}")
 
     @property
     def table(self) -> str:
         return f"features.{self.name}"
 
     def feature_names(self) -> list[str]:
-        return [n for agg in self.aggregations for n in agg.names()]
+        return [feature_name(a.column, a.op, self.window) for a in self.aggregations]
 
     @property
     def ttl_s(self) -> int:
         return int(self.ttl.total_seconds())
 
+    @property
+    def window_s(self) -> int:
+        return window_seconds(self.window)
+
 
 FEATURE_VIEWS: tuple[FeatureView, ...] = (
     FeatureView(
-        name="pickup_area_activity",
+        name="pickup_area_1h",
         entity="pickup_community_area",
         entity_type="int",
         source="trips",
+        window="1h",
+        filter="event_type = 'end'",
         aggregations=(
-            Aggregation("trips", "count", ("15m", "1h")),
-            Aggregation("fare", "avg", ("1h",)),
-            Aggregation("trip_miles", "avg", ("1h",)),
+            Aggregation("trips", "count"),
+            Aggregation("fare", "avg"),
+            Aggregation("fare", "max"),
+            Aggregation("trip_miles", "avg"),
         ),
         ttl=timedelta(hours=2),
-        description="How busy a pickup community area is and what its trips cost, over recent windows.",
+        description="How busy a pickup community area is and what its trips cost, over the last hour.",
         owner="features@liveml",
     ),
     FeatureView(
-        name="company_tips",
+        name="pickup_area_15m",
+        entity="pickup_community_area",
+        entity_type="int",
+        source="trips",
+        window="15m",
+        filter="event_type = 'start'",
+        aggregations=(Aggregation("pickups", "count"), Aggregation("company", "distinct")),
+        ttl=timedelta(minutes=30),
+        description="Trips starting in a pickup area, and how many companies serve it, over 15 minutes.",
+        owner="features@liveml",
+    ),
+    FeatureView(
+        name="company_tips_24h",
         entity="company",
         entity_type="string",
         source="labels",
-        aggregations=(Aggregation("tip", "rate", ("24h",)), Aggregation("labels", "count", ("24h",))),
+        window="24h",
+        aggregations=(Aggregation("tip", "rate", source="big_tipper"), Aggregation("labels", "count")),
         ttl=timedelta(hours=48),
         description="Share of a company's trips with a big tip, from labels that have already arrived.",
         owner="features@liveml",
@@ -102,3 +141,8 @@ def view(name: str) -> FeatureView:
         if v.name == name:
             return v
     raise KeyError(f"no feature view {name!r}; known: {[v.name for v in FEATURE_VIEWS]}")
+
+
+def feature_columns(views: tuple[FeatureView, ...] = FEATURE_VIEWS) -> list[str]:
+    """Every feature column, in declaration order: what training sets and serving requests carry."""
+    return [n for v in views for n in v.feature_names()]

@@ -86,6 +86,8 @@ LABELS = TableSpec(
         _f(5, "fare", DoubleType()),
         _f(6, "tips", DoubleType()),
         _f(7, "big_tipper", BooleanType(), doc="TFX's label: tips > 0.2 * fare"),
+        _f(8, "ingest_time", TimestamptzType(), doc="when Flink read it"),
+        _f(9, "is_late", BooleanType(), doc="arrived after the watermark passed it"),
     ),
     _day(2, "label_time"),
     "Delayed labels: the tip of each trip, known some time after the trip ended.",
@@ -125,17 +127,18 @@ _ENTITY_TYPES = {"int": IntegerType, "string": StringType}
 
 
 def feature_table(view: FeatureView) -> TableSpec:
-    """The offline table of a feature view: entity, one column per derived feature name, times, version."""
+    """The offline table of a feature view: entity, the event that produced the row, one column per
+    derived feature name, times and the spec version (so a recompute with a new spec keeps old rows)."""
     fields = [_f(1, view.entity, _ENTITY_TYPES[view.entity_type](), True),
               _f(2, "event_time", TimestamptzType(), True, "event time of the event that produced the row"),
-              _f(3, "window_end", TimestamptzType(), doc="end of the window the values cover"),
+              _f(3, "window_end", TimestamptzType(), doc="end of the window the values cover (inclusive)"),
               _f(4, "spec_version", IntegerType(), True),
-              _f(5, "computed_at", TimestamptzType())]
-    for i, name in enumerate(view.feature_names()):
-        typ = LongType() if name.split("_")[-2] in ("count", "distinct") else DoubleType()
-        fields.append(_f(100 + i, name, typ))
+              _f(5, "computed_at", TimestamptzType()),
+              _f(6, "source_id", StringType(), doc="id of the source event (trip_id)")]
+    for i, (agg, name) in enumerate(zip(view.aggregations, view.feature_names())):
+        fields.append(_f(100 + i, name, LongType() if agg.is_integer else DoubleType()))
     return TableSpec("features", view.name, Schema(*fields), _day(2, "event_time"), view.description,
-                     {"liveml.owner": view.owner, "liveml.ttl-s": str(view.ttl_s)})
+                     {"liveml.owner": view.owner, "liveml.ttl-s": str(view.ttl_s), "liveml.window": view.window})
 
 
 TABLES: tuple[TableSpec, ...] = (RAW_TRIPS, LABELS, PREDICTIONS, PROOF_EVENTS,

@@ -2,7 +2,7 @@
 
 import pytest
 
-from iceberg_schemas.features import FEATURE_VIEWS, Aggregation, feature_name, window_seconds
+from iceberg_schemas.features import FEATURE_VIEWS, Aggregation, FeatureView, feature_columns, feature_name, view, window_seconds
 from iceberg_schemas.tables import TABLES, feature_table
 
 pytestmark = pytest.mark.unit
@@ -42,5 +42,27 @@ def test_feature_table_columns_come_from_the_spec():
         assert spec in TABLES
 
 
-def test_aggregation_names_every_window():
-    assert Aggregation("fare", "avg", ("15m", "1h")).names() == ["fare_avg_15m", "fare_avg_1h"]
+def test_views_name_their_features_by_the_rule():
+    assert view("pickup_area_1h").feature_names() == ["trips_count_1h", "fare_avg_1h", "fare_max_1h",
+                                                      "trip_miles_avg_1h"]
+    assert view("company_tips_24h").feature_names() == ["tip_rate_24h", "labels_count_24h"]
+    assert feature_columns()[:4] == view("pickup_area_1h").feature_names()
+
+
+def test_the_issue_context_features_exist():
+    cols = feature_columns()
+    assert {"trips_count_1h", "fare_avg_1h", "tip_rate_24h"} <= set(cols)
+
+
+def test_duplicate_feature_names_in_a_view_are_refused():
+    from datetime import timedelta
+
+    with pytest.raises(ValueError, match="duplicate"):
+        FeatureView("x", "company", "string", "trips", "1h", (Aggregation("fare", "avg"), Aggregation("fare", "avg")),
+                    timedelta(hours=1), "d", "o")
+
+
+def test_aggregation_source_fields():
+    assert Aggregation("trips", "count").source_field is None
+    assert Aggregation("tip", "rate", source="big_tipper").source_field == "big_tipper"
+    assert Aggregation("fare", "avg").source_field == "fare"

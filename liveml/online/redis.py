@@ -1,0 +1,63 @@
+"""The Redis online store: pipelined, idempotent by event time, TTL on write and enforced on read."""
+
+from __future__ import annotations
+
+from typing import Any, Mapping, Sequence
+
+import redis
+
+from iceberg_schemas.features import FeatureView
+from liveml.errors import ServiceError
+from liveml.online.base import EntityRow, coalesce_latest, to_row, wall_ms
+from liveml.online.layout import EVENT_TIME, WRITE_TIME, entity_key
+
+# KEYS[1] entity hash; ARGV: event_time_ms, write_time_ms, ttl_ms, then field/value pairs.
+# An older event time never overwrites a newer one, so replays and restarts converge.
+UPSERT_IF_NEWER = f"""
+local cur = redis.call('HGET', KEYS[1], '{EVENT_TIME}')
+if cur and tonumber(cur) > tonumber(ARGV[1]) then return 0 end
+redis.call('HSET', KEYS[1], '{EVENT_TIME}', ARGV[1], '{WRITE_TIME}', ARGV[2], unpack(ARGV, 4))
+redis.call('PEXPIRE', KEYS[1], ARGV[3])
+return 1
+"""
+
+
+class RedisOnlineStore:
+    def __init__(self, url: str, client: redis.Redis | None = None):
+        self.url = url
+        self.client = client or redis.Redis.from_url(url, socket_timeout=5, socket_connect_timeout=2)
+        self._upsert = self.client.register_script(UPSERT_IF_NEWER)
+
+    def ping(self) -> None:
+        try:
+            self.client.ping()
+        except redis.RedisError:
+            raise ServiceError(f"Redis is not reachable at {self.url}: run `liveml up redis`.") from None
+
+    def write(self, view: FeatureView, rows: Sequence[tuple[Any, int, Mapping[str, Any]]],
+              write_time_ms: int | None = None) -> int:
+        latest = coalesce_latest(rows)
+        if not latest:
+            return 0
+        wt = write_time_ms or wall_ms()
+        # keep the key a while past the TTL, so a read can still say "expired" rather than "missing"
+        ttl_ms = view.ttl_s * 1000 * 2
+        pipe = self.client.pipeline(transaction=False)
+        for entity, (event_ms, values) in latest.items():
+            args: list[Any] = [event_ms, wt, ttl_ms]
+            for name, value in values.items():
+                args += [name, "" if value is None else repr(float(value))]
+            self._upsert(keys=[entity_key(view.name, entity)], args=args, client=pipe)
+        return int(sum(pipe.execute()))
+
+    def get(self, view: FeatureView, entities: Sequence[Any], now_ms: int | None = None) -> list[EntityRow]:
+        now = now_ms or wall_ms()
+        pipe = self.client.pipeline(transaction=False)
+        for e in entities:
+            pipe.hgetall(entity_key(view.name, e))
+        try:
+            results = pipe.execute()
+        except redis.ConnectionError:
+            raise ServiceError(f"Redis is not reachable at {self.url}: run `liveml up redis`.") from None
+        return [to_row(view, str(e), {k.decode(): v.decode() for k, v in raw.items()} if raw else None, now)
+                for e, raw in zip(entities, results)]
