@@ -2,7 +2,8 @@
 
 Each trip becomes a start event and an end event on topic `trips` (the end carries fare, miles and
 seconds), and a label (the tip) on topic `labels` some time after the trip ended. Trip ids are stable:
-row ``i`` of the CSV is ``trip-000i`` in every replay, and amplified copies get ``trip-000i-a<k>``.
+row ``i`` of the CSV is ``trip-000i`` in every replay, and the ``k``-th resampled trip, a copy of row ``i``,
+is ``trip-000i-a<k>``.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ from __future__ import annotations
 import json
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -19,6 +20,7 @@ import pandas as pd
 
 TRIPS_TOPIC = "trips"
 LABELS_TOPIC = "labels"
+TOPICS = (TRIPS_TOPIC, LABELS_TOPIC, f"{TRIPS_TOPIC}.dlq", f"{LABELS_TOPIC}.dlq")
 LABEL_DELAY_S = 15 * 60  # the tip becomes known 15 minutes (event time) after the trip ends
 
 
@@ -70,8 +72,8 @@ def amplify(df: pd.DataFrame, k: int, rng: np.random.Generator, start_ms: int, t
     n = k * len(df)
     picks = rng.integers(0, len(df), size=n)
     out = df.iloc[picks].reset_index(drop=True).copy()
-    copy_no = np.arange(n) // len(df)
-    out["trip_id"] = [f"{t}-a{c}" for t, c in zip(out["trip_id"], copy_no)]
+    # a fresh id per resampled trip (a row can be drawn more than once), still naming the real row it copies
+    out["trip_id"] = [f"{t}-a{i}" for i, t in enumerate(out["trip_id"])]
     out["start_ms"] = start_ms + (np.arange(n) * 1000.0 / trips_per_s).astype("int64")
     return out
 
@@ -149,16 +151,18 @@ class ReplayStats:
     seconds: float = 0.0
     first_event_ms: int | None = None
     last_event_ms: int | None = None
+    corrupted: list = field(default_factory=list)  # (trip_id, event_type, kind) of each corrupted event
 
 
-def replay(events: list[Event], producer, speedup: float | None = None, rate: float | None = None,
+def replay(events: list[Event], producer, topic_prefix: str = "", speedup: float | None = None, rate: float | None = None,
            limit: int | None = None, bad_fraction: float = 0.0, seed: int = 0,
-           on_progress: Callable[[int], None] | None = None, stamp_produce_time: bool = False) -> ReplayStats:
+           on_progress: Callable[[int], None] | None = None, stamp_produce_time: bool = False,
+           clock: Callable[[], float] = time.monotonic, sleep: Callable[[float], None] = time.sleep) -> ReplayStats:
     """Send ``events`` in order. ``speedup`` paces by event time / X; ``rate`` caps events per second."""
     rng = np.random.default_rng(seed)
     stats = ReplayStats()
     todo = events[:limit] if limit else events
-    t0 = time.monotonic()
+    t0 = clock()
     first_ms = todo[0].time_ms if todo else 0
     for i, ev in enumerate(todo):
         due = 0.0
@@ -166,13 +170,15 @@ def replay(events: list[Event], producer, speedup: float | None = None, rate: fl
             due = (ev.time_ms - first_ms) / 1000.0 / speedup
         if rate:
             due = max(due, i / rate)
-        wait = due - (time.monotonic() - t0)
+        wait = due - (clock() - t0)
         if wait > 0:
             producer.poll(0)
-            time.sleep(wait)
+            sleep(wait)
         if ev.topic == TRIPS_TOPIC and bad_fraction and rng.random() < bad_fraction:
-            payload = corrupt(ev, BAD_KINDS[int(rng.integers(len(BAD_KINDS)))])
+            kind = BAD_KINDS[int(rng.integers(len(BAD_KINDS)))]
+            payload = corrupt(ev, kind)
             stats.bad += 1
+            stats.corrupted.append((ev.key, ev.value.get("event_type"), kind))
         else:
             value = ev.value
             if stamp_produce_time:
@@ -180,7 +186,7 @@ def replay(events: list[Event], producer, speedup: float | None = None, rate: fl
             payload = json.dumps(value).encode()
         while True:
             try:
-                producer.produce(ev.topic, key=ev.key.encode(), value=payload, timestamp=ev.time_ms)
+                producer.produce(topic_prefix + ev.topic, key=ev.key.encode(), value=payload, timestamp=ev.time_ms)
                 break
             except BufferError:  # local queue full: let it drain
                 producer.poll(0.05)
@@ -190,8 +196,10 @@ def replay(events: list[Event], producer, speedup: float | None = None, rate: fl
         if on_progress and (i % 500 == 0 or i == len(todo) - 1):
             on_progress(i + 1)
             producer.poll(0)
-    producer.flush(60)
-    stats.seconds = time.monotonic() - t0
+    remaining = producer.flush(60)
+    if remaining:
+        raise RuntimeError(f"{remaining} events were not acknowledged by Kafka")
+    stats.seconds = clock() - t0
     if todo:
         stats.first_event_ms, stats.last_event_ms = todo[0].time_ms, todo[-1].time_ms
     return stats

@@ -35,7 +35,7 @@ class _Group(click.Group):
         try:
             return super().invoke(ctx)
         except LivemlError as exc:
-            console.print(f"[bold red]error:[/] {exc}", highlight=False, markup=True)
+            console.print(f"[bold red]error:[/] {exc}", highlight=False, markup=True, soft_wrap=True)
             sys.exit(exc.exit_code)
 
 
@@ -221,6 +221,100 @@ def cancel(ctx: click.Context, job_id: str) -> None:
 
     flink.cancel_job(_cfg(ctx), job_id)
     console.print(f"cancel requested for {job_id}")
+
+
+# --- replay and features ------------------------------------------------------------------------------
+@main.command()
+@click.option("--rate", type=float, default=None, help="Cap, in events per second.")
+@click.option("--speedup", type=float, default=None, help="Compress event time by this factor.")
+@click.option("--limit", type=int, default=None, help="Stop after N events.")
+@click.option("--amplify", type=int, default=0, help="Resample K copies of the real rows with new times and ids.")
+@click.option("--trips-per-s", type=float, default=1000.0, show_default=True,
+              help="With --amplify: event-time density of the resampled trips (they start now).")
+@click.option("--drift", type=click.Choice(sorted(__import__("flink_jobs.replay", fromlist=["x"]).DRIFT_SCENARIOS)),
+              default=None, help="Shift one distribution of the real data.")
+@click.option("--bad-fraction", type=float, default=0.0, help="Corrupt this share of trip events (DLQ drills).")
+@click.option("--seed", type=int, default=0)
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+def replay(ctx: click.Context, rate, speedup, limit, amplify, trips_per_s, drift, bad_fraction, seed,
+           as_json: bool) -> None:
+    """Produce the real Chicago taxi trips (start, end, and later the label) into Kafka, in event-time order."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    from flink_jobs import replay as rp
+    from liveml.topics import ensure_topics
+
+    cfg = _cfg(ctx)
+    ensure_topics(cfg, [cfg.kafka.topic(t) for t in rp.TOPICS])
+    events = rp.build_events(amplify_k=amplify, drift=drift, seed=seed, trips_per_s=trips_per_s)
+    total = min(limit, len(events)) if limit else len(events)
+    producer = rp.kafka_producer(cfg.kafka.bootstrap_servers)
+    with Progress(TextColumn("replay"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[eps]}"),
+                  TimeRemainingColumn(), console=console, disable=as_json) as progress:
+        task = progress.add_task("replay", total=total, eps="")
+        t0 = time.monotonic()
+
+        def tick(done: int) -> None:
+            progress.update(task, completed=done, eps=f"{done / max(time.monotonic() - t0, 1e-6):,.0f} ev/s")
+
+        stats = rp.replay(events, producer, topic_prefix=cfg.kafka.topic_prefix, speedup=speedup, rate=rate, limit=limit, bad_fraction=bad_fraction,
+                          seed=seed, on_progress=tick)
+    data = {**{k: v for k, v in stats.__dict__.items() if k != "corrupted"},
+            "events_per_s": round(stats.sent / max(stats.seconds, 1e-6), 1)}
+    _emit(data, as_json, lambda d: console.print(
+        f"sent {d['sent']} events ({d['trips_events']} trip events, {d['labels']} labels, {d['bad']} corrupted) "
+        f"in {d['seconds']:.1f}s, {d['events_per_s']:,.0f} ev/s"))
+
+
+@main.group()
+def features() -> None:
+    """Feature views and the online store."""
+
+
+@features.command("list")
+@click.option("--json", "as_json", is_flag=True)
+def features_list(as_json: bool) -> None:
+    """Every feature view, declared in iceberg_schemas/features.py."""
+    from iceberg_schemas.features import FEATURE_VIEWS
+
+    rows = [{"view": v.name, "entity": v.entity, "features": v.feature_names(), "table": v.table,
+             "ttl_s": v.ttl_s, "window": v.window, "source": v.source, "owner": v.owner,
+             "description": v.description} for v in FEATURE_VIEWS]
+
+    def render(rs: list[dict]) -> None:
+        t = Table("view", "entity", "features", "table", "ttl_s")
+        for r in rs:
+            t.add_row(r["view"], r["entity"], ", ".join(r["features"]), r["table"], str(r["ttl_s"]))
+        out.print(t)
+
+    _emit(rows, as_json, render)
+
+
+@features.command("get")
+@click.argument("entities", nargs=-1, required=True)
+@click.option("--view", "view_names", multiple=True, help="View(s) to read (default: every view of that entity).")
+@click.option("--now-ms", type=int, default=None, help="Read as of this time (TTL is checked against it).")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+def features_get(ctx: click.Context, entities: tuple[str, ...], view_names: tuple[str, ...], now_ms: int | None,
+                 as_json: bool) -> None:
+    """Latest feature values of ENTITY from the online store, with event time and age; expired reads as such."""
+    from iceberg_schemas.features import FEATURE_VIEWS, view
+    from liveml.online import open_online_store
+
+    views = [view(v) for v in view_names] if view_names else list(FEATURE_VIEWS)
+    store = open_online_store(_cfg(ctx).redis.url)
+    rows = [r.as_dict() for v in views for r in store.get(v, list(entities), now_ms=now_ms)]
+
+    def render(rs: list[dict]) -> None:
+        t = Table("view", "entity", "status", "age_s", "values")
+        for r in rs:
+            age = "" if r["age_s"] is None else f"{r['age_s']:.1f}"
+            t.add_row(r["view"], r["entity"], r["status"], age, json.dumps(r["values"]))
+        out.print(t)
+
+    _emit(rows, as_json, render)
 
 
 # --- the proof of the stack ----------------------------------------------------------------------------

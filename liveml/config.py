@@ -42,6 +42,10 @@ class KafkaConfig(_Section):
     controller_port: int = 9093
     heap: str = "512m"
     dlq_suffix: str = ".dlq"
+    topic_prefix: str = ""  # e.g. "staging-": every topic name the platform uses gets it
+
+    def topic(self, name: str) -> str:
+        return f"{self.topic_prefix}{name}"
 
     @field_validator("bootstrap_servers")
     @classmethod
@@ -77,7 +81,7 @@ class FlinkConfig(_Section):
     task_slots: int = Field(4, ge=1)
     parallelism: int = Field(1, ge=1)
     jobmanager_memory: str = "1024m"
-    taskmanager_memory: str = "2560m"
+    taskmanager_memory: str = "4096m"
     checkpoint_interval: str = "10s"
     metrics_port_range: str = "9249-9259"
 

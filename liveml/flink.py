@@ -21,6 +21,7 @@ from liveml.errors import LivemlError, PrerequisiteError, ServiceError
 # Job name -> job file. Each job file has a main() and also runs under plain `flink run -py FILE`.
 JOBS: dict[str, str] = {
     "proof": "flink_jobs/proof_job.py",
+    "features": "flink_jobs/features_job.py",
 }
 
 
@@ -66,6 +67,8 @@ def render_flink_conf(cfg: LivemlConfig, base: dict[str, Any]) -> dict[str, Any]
         "taskmanager.host": "localhost",
         "taskmanager.numberOfTaskSlots": f.task_slots,
         "taskmanager.memory.process.size": f.taskmanager_memory,
+        # managed memory serves the Python workers and RocksDB; the rest is heap for the Iceberg writers
+        "taskmanager.memory.managed.fraction": 0.25,
         "parallelism.default": f.parallelism,
         "rest.address": f.host,
         "rest.bind-address": f.host,
@@ -78,6 +81,12 @@ def render_flink_conf(cfg: LivemlConfig, base: dict[str, Any]) -> dict[str, Any]
         "state.backend.type": "hashmap",
         "io.tmp.dirs": str(home / "tmp"),
         "env.pid.dir": str(home / "pid"),
+        # a killed TaskManager is noticed in seconds, not the default 50 s, and jobs restart from the checkpoint
+        "heartbeat.interval": 2000,
+        "heartbeat.timeout": 10000,
+        "restart-strategy.type": "fixed-delay",
+        "restart-strategy.fixed-delay.attempts": 20,
+        "restart-strategy.fixed-delay.delay": "2 s",
         "metrics.reporter.prom.factory.class": "org.apache.flink.metrics.prometheus.PrometheusReporterFactory",
         "metrics.reporter.prom.port": f.metrics_port_range,
     }
@@ -147,9 +156,20 @@ def submit(cfg: LivemlConfig, job: str, job_args: Sequence[str] = (), detached: 
         if "JobID" in line:
             job_id = line.strip().split()[-1]
     if proc.returncode != 0:
-        tail = "\n".join(out.splitlines()[-40:])
-        raise ServiceError(f"`flink run` for {job} failed (exit {proc.returncode}):\n{tail}")
+        raise ServiceError(f"`flink run` for {job} failed (exit {proc.returncode}):\n{_failure_summary(out)}")
     return {"job": job, "job_id": job_id, "command": cmd, "output": out}
+
+
+def _failure_summary(out: str) -> str:
+    """The Python traceback and the root Java cause, not 600 lines of stack."""
+    lines = out.splitlines()
+    keep: list[str] = []
+    if "Traceback (most recent call last):" in lines:
+        start = len(lines) - 1 - lines[::-1].index("Traceback (most recent call last):")
+        keep = [l for l in lines[start:start + 40] if not l.startswith("\tat ")][:25]
+    causes = [l for l in lines if l.startswith(("Caused by:", ": org.apache", "py4j.protocol"))]
+    keep += causes[-3:]
+    return "\n".join(keep) if keep else "\n".join(lines[-40:])
 
 
 def rest_check(cfg: LivemlConfig) -> None:

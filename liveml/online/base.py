@@ -37,11 +37,16 @@ def coalesce_latest(rows: Iterable[tuple[Any, int, Mapping[str, Any]]]) -> dict[
     return latest
 
 
+FUTURE_TOLERANCE_S = 5.0  # clock skew between the writer and a live reader
+
+
 def to_row(view: FeatureView, entity: str, stored: Mapping[str, Any] | None, now_ms: int) -> EntityRow:
     if not stored:
         return EntityRow(view.name, entity, "missing")
     event_ms = int(stored["__event_time"])
     age_s = (now_ms - event_ms) / 1000.0
+    if age_s < -FUTURE_TOLERANCE_S:  # not yet known at ``now_ms`` (a read as of the past)
+        return EntityRow(view.name, entity, "missing")
     if age_s > view.ttl_s:
         return EntityRow(view.name, entity, "expired", {}, event_ms, int(stored["__write_time"]), age_s)
     values = {}

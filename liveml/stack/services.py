@@ -151,6 +151,9 @@ class KafkaService(Service):
             "share.coordinator.state.topic.min.isr": "1",
             "group.initial.rebalance.delay.ms": "0",
             "auto.create.topics.enable": "true",
+            # replays produce records with historical timestamps: never delete by age on the local broker
+            "log.retention.ms": "-1",
+            "log.retention.bytes": str(8 * 1024**3),
             # Flink's exactly-once Kafka sink keeps transactions open across checkpoints.
             "transaction.max.timeout.ms": "3600000",
         }
@@ -389,10 +392,29 @@ class FlinkService(Service):
         bin_dir = flink_home() / "bin"
         jm = process.spawn(["bash", str(bin_dir / "jobmanager.sh"), "start-foreground"],
                            self.cfg.path("logs", "flink-jobmanager.log"), self.pidfile, env=env)
-        process.spawn(["bash", str(bin_dir / "taskmanager.sh"), "start-foreground"],
-                      self.cfg.path("logs", "flink-taskmanager.log"), self.pidfile, env=env)
+        self.start_taskmanager()
         self.log = self.cfg.path("logs", "flink-jobmanager.log")
         return jm
+
+    def start_taskmanager(self) -> subprocess.Popen:
+        """Start one more TaskManager (also how a killed one is replaced); tracked like the first."""
+        from liveml.flink import flink_env, flink_home
+
+        return process.spawn(["bash", str(flink_home() / "bin" / "taskmanager.sh"), "start-foreground"],
+                             self.cfg.path("logs", "flink-taskmanager.log"), self.pidfile, env=flink_env(self.cfg))
+
+    def taskmanager_java_pids(self) -> list[int]:
+        import psutil
+
+        pids = []
+        for pid in self.pids():
+            for proc in [psutil.Process(pid), *psutil.Process(pid).children(recursive=True)]:
+                try:
+                    if proc.name() == "java" and any("TaskManagerRunner" in a for a in proc.cmdline()):
+                        pids.append(proc.pid)
+                except psutil.Error:
+                    continue
+        return sorted(set(pids))
 
     def healthy(self) -> bool:
         return self.overview().get("taskmanagers", 0) >= 1

@@ -32,7 +32,7 @@ def test_create_all_then_nothing_changes(catalog):
 def test_partition_spec_and_properties_are_applied(catalog):
     ensure_tables(catalog)
     table = catalog.load_table("raw.trips")
-    assert [f.name for f in table.spec().fields] == ["event_time_day"]
+    assert [f.name for f in table.spec().fields] == ["event_time_month"]
     assert table.properties["write.parquet.compression-codec"] == "zstd"
     assert table.format_version == 2
 

@@ -1,0 +1,232 @@
+"""The feature-spec to Flink SQL compiler: sources, validation, dead letters, raw tables and feature views.
+
+Pure functions from declarations (``iceberg_schemas``) and config to SQL text, so unit tests can read
+the SQL without a cluster, and the stream and a backfill run the very same statements.
+"""
+
+from __future__ import annotations
+
+from iceberg_schemas.features import SPEC_VERSION, Aggregation, FeatureView, window_seconds
+from iceberg_schemas.sources import FLINK_TYPES, EventField, EventSource
+from iceberg_schemas.tables import feature_table, table_spec
+from liveml.config import LivemlConfig
+
+
+def q(name: str) -> str:
+    return f"`{name}`"
+
+
+def _opts(opts: dict[str, str]) -> str:
+    return ",\n  ".join(f"'{k}' = '{v}'" for k, v in opts.items())
+
+
+def interval(window: str) -> str:
+    """``1h`` -> ``INTERVAL '1' HOUR``; precision is spelled out when more than two digits are needed."""
+    n = int(window[:-1])
+    unit = {"s": "SECOND", "m": "MINUTE", "h": "HOUR", "d": "DAY"}[window[-1]]
+    precision = f"({len(str(n))})" if len(str(n)) > 2 else ""
+    return f"INTERVAL '{n}' {unit}{precision}"
+
+
+def _json(field: str) -> str:
+    return f"JSON_VALUE(payload, '$.{field}')"
+
+
+def _typed(f: EventField) -> str:
+    return f"TRY_CAST({_json(f.name)} AS {FLINK_TYPES[f.type]})"
+
+
+def kafka_source_ddl(src: EventSource, cfg: LivemlConfig, group_id: str, bounded: bool = False,
+                     startup: str = "earliest-offset", since_ms: int | None = None,
+                     out_of_orderness_ms: int = 500) -> str:
+    """The topic as raw payloads, with an event-time column and watermark computed from the payload.
+
+    The event time is guarded: a missing, unparsable or absurd (far future) time falls back to the Kafka
+    record time, so one bad event cannot push the watermark ahead and make every later event late.
+    """
+    t = _typed(src.field(src.time_field))
+    max_future = src.max_future_s * 1000
+    opts = {
+        "connector": "kafka",
+        "topic": cfg.kafka.topic(src.topic),
+        "properties.bootstrap.servers": cfg.kafka.bootstrap_servers,
+        "properties.group.id": group_id,
+        "properties.isolation.level": "read_committed",
+        "format": "raw",
+        "raw.charset": "UTF-8",
+    }
+    if since_ms is not None:
+        opts.update({"scan.startup.mode": "timestamp", "scan.startup.timestamp-millis": str(since_ms)})
+    else:
+        opts["scan.startup.mode"] = startup
+    if bounded:
+        opts["scan.bounded.mode"] = "latest-offset"
+    return f"""CREATE TEMPORARY TABLE {src.name}_kafka (
+  payload STRING,
+  kafka_ts TIMESTAMP_LTZ(3) METADATA FROM 'timestamp' VIRTUAL,
+  kafka_partition INT METADATA FROM 'partition' VIRTUAL,
+  kafka_offset BIGINT METADATA FROM 'offset' VIRTUAL,
+  event_time AS CASE
+    WHEN {t} IS NULL OR {t} < 0 OR {t} > UNIX_TIMESTAMP() * 1000 + {max_future} THEN kafka_ts
+    ELSE TO_TIMESTAMP_LTZ({t}, 3) END,
+  proc_time AS PROCTIME(),
+  WATERMARK FOR event_time AS event_time - INTERVAL '{out_of_orderness_ms / 1000:.3f}' SECOND
+) WITH (
+  {_opts(opts)}
+)"""
+
+
+def reason_expr(src: EventSource) -> str:
+    """Why an event is bad, or NULL: the first failed check names the field and the kind of problem."""
+    checks = ["WHEN payload IS NULL OR NOT (payload IS JSON OBJECT) THEN 'malformed_json'"]
+    for f in src.fields:
+        if f.required:
+            checks.append(f"WHEN {_json(f.name)} IS NULL THEN 'missing_field:{f.name}'")
+    for f in src.fields:
+        checks.append(f"WHEN {_json(f.name)} IS NOT NULL AND {_typed(f)} IS NULL THEN 'wrong_type:{f.name}'")
+    for f in src.fields:
+        conds = []
+        if f.min is not None:
+            conds.append(f"{_typed(f)} < {f.min}")
+        if f.max is not None:
+            conds.append(f"{_typed(f)} > {f.max}")
+        if f.choices:
+            conds.append(f"{_typed(f)} NOT IN ({', '.join(repr(c) for c in f.choices)})")
+        if conds:
+            checks.append(f"WHEN {' OR '.join(conds)} THEN 'absurd_value:{f.name}'")
+    t = _typed(src.field(src.time_field))
+    checks.append(f"WHEN {t} > UNIX_TIMESTAMP() * 1000 + {src.max_future_s * 1000} "
+                  f"THEN 'absurd_value:{src.time_field}_in_future'")
+    return "CASE\n    " + "\n    ".join(checks) + "\n    ELSE CAST(NULL AS STRING) END"
+
+
+def column(f: EventField) -> str:
+    """The parsed column of a field; epoch-ms times get a ``_ms`` suffix beside the ``event_time`` rowtime."""
+    return f"{f.name}_ms" if f.epoch_ms else f.name
+
+
+def parsed_view_ddl(src: EventSource) -> str:
+    cols = ",\n  ".join(f"{_typed(f)} AS {q(column(f))}" for f in src.fields)
+    return f"""CREATE TEMPORARY VIEW {src.name}_parsed AS
+SELECT
+  payload, kafka_ts, kafka_partition, kafka_offset, event_time, proc_time,
+  {reason_expr(src)} AS reason,
+  COALESCE(event_time <= CURRENT_WATERMARK(event_time), FALSE) AS is_late,
+  {cols}
+FROM {src.name}_kafka"""
+
+
+def good_view_ddl(src: EventSource) -> str:
+    return f"CREATE TEMPORARY VIEW {src.name}_good AS SELECT * FROM {src.name}_parsed WHERE reason IS NULL"
+
+
+def dlq_sink_ddl(src: EventSource, cfg: LivemlConfig, exactly_once: bool = True) -> str:
+    opts = {
+        "connector": "kafka",
+        "topic": cfg.kafka.topic(src.dlq_topic),
+        "properties.bootstrap.servers": cfg.kafka.bootstrap_servers,
+        "format": "json",
+        "json.timestamp-format.standard": "ISO-8601",
+    }
+    if exactly_once:
+        opts.update({"sink.delivery-guarantee": "exactly-once",
+                     "sink.transactional-id-prefix": f"liveml-{cfg.kafka.topic_prefix}{src.name}-dlq",
+                     "properties.transaction.timeout.ms": "900000"})
+    else:
+        opts["sink.delivery-guarantee"] = "at-least-once"
+    return f"""CREATE TEMPORARY TABLE {src.name}_dlq (
+  payload STRING, reason STRING, source_topic STRING, kafka_partition INT, kafka_offset BIGINT,
+  kafka_ts TIMESTAMP_LTZ(3), detected_at TIMESTAMP_LTZ(3)
+) WITH (
+  {_opts(opts)}
+)"""
+
+
+def dlq_insert(src: EventSource) -> str:
+    return (f"INSERT INTO {src.name}_dlq SELECT payload, reason, '{src.topic}', kafka_partition, kafka_offset, "
+            f"kafka_ts, CAST(CURRENT_TIMESTAMP AS TIMESTAMP_LTZ(3)) FROM {src.name}_parsed WHERE reason IS NOT NULL")
+
+
+def raw_insert(src: EventSource, catalog: str) -> str:
+    """Every good event, late ones included (flagged), into the source's raw Iceberg table."""
+    spec = table_spec(src.raw_table)
+    cols, exprs = [], []
+    for fld in spec.schema.fields:
+        name = fld.name
+        if name == src.time_field:
+            exprs.append("CAST(event_time AS TIMESTAMP_LTZ(6))")
+        elif name == "ingest_time":
+            exprs.append("CAST(CURRENT_TIMESTAMP AS TIMESTAMP_LTZ(6))")
+        elif name == "is_late":
+            exprs.append("is_late")
+        else:
+            f = src.field(name)
+            exprs.append(f"CAST(TO_TIMESTAMP_LTZ({q(column(f))}, 3) AS TIMESTAMP_LTZ(6))" if f.epoch_ms else q(name))
+        cols.append(q(name))
+    return (f"INSERT INTO {q(catalog)}.{q(spec.namespace)}.{q(spec.name)} ({', '.join(cols)})\n"
+            f"SELECT {', '.join(exprs)} FROM {src.name}_good")
+
+
+def agg_expr(agg: Aggregation) -> str:
+    f = q(agg.source_field) if agg.source_field else None
+    return {
+        "count": "COUNT(*)",
+        "sum": f"SUM(CAST({f} AS DOUBLE))",
+        "avg": f"AVG(CAST({f} AS DOUBLE))",
+        "min": f"MIN(CAST({f} AS DOUBLE))",
+        "max": f"MAX(CAST({f} AS DOUBLE))",
+        "last": f"LAST_VALUE(CAST({f} AS DOUBLE))",
+        "distinct": f"COUNT(DISTINCT {f})",
+        "rate": f"AVG(CASE WHEN {f} THEN CAST(1.0 AS DOUBLE) ELSE CAST(0.0 AS DOUBLE) END)",
+    }[agg.op]
+
+
+def feature_view_ddl(view: FeatureView, src: EventSource) -> str:
+    """One row per source event, with every aggregate over the entity's events in ``[t - window, t]``.
+
+    An event-time OVER window emits as soon as the watermark passes the event, so a feature reflects an
+    event within the watermark delay, not at the end of a long window. Late events never reach it: they
+    are filtered (and kept in the raw table), not dropped silently by the window operator.
+    """
+    window_seconds(view.window)
+    feats = ",\n  ".join(f"{agg_expr(a)} OVER w AS {q(n)}" for a, n in zip(view.aggregations, view.feature_names()))
+    where = [f"{q(view.entity)} IS NOT NULL", "NOT is_late"]
+    if view.filter:
+        where.append(f"({view.filter})")
+    return f"""CREATE TEMPORARY VIEW feat_{view.name} AS
+SELECT
+  {q(view.entity)}, {q(src.id_field)} AS source_id, event_time,
+  {q(column(src.field(src.time_field)))} AS event_time_ms,
+  {feats}
+FROM {src.name}_good
+WHERE {' AND '.join(where)}
+WINDOW w AS (PARTITION BY {q(view.entity)} ORDER BY event_time
+             RANGE BETWEEN {interval(view.window)} PRECEDING AND CURRENT ROW)"""
+
+
+def feature_iceberg_insert(view: FeatureView, catalog: str) -> str:
+    spec = feature_table(view)
+    names = view.feature_names()
+    cols = [view.entity, "event_time", "window_end", "spec_version", "computed_at", "source_id", *names]
+    exprs = [q(view.entity), "CAST(event_time AS TIMESTAMP_LTZ(6))", "CAST(event_time AS TIMESTAMP_LTZ(6))",
+             str(SPEC_VERSION), "CAST(CURRENT_TIMESTAMP AS TIMESTAMP_LTZ(6))", "source_id", *map(q, names)]
+    return (f"INSERT INTO {q(catalog)}.{q(spec.namespace)}.{q(spec.name)} ({', '.join(map(q, cols))})\n"
+            f"SELECT {', '.join(exprs)} FROM feat_{view.name}")
+
+
+def blackhole_ddl(name: str) -> str:
+    return f"CREATE TEMPORARY TABLE {name} (n BIGINT) WITH ('connector' = 'blackhole')"
+
+
+def feature_redis_insert(view: FeatureView, udf_name: str) -> str:
+    args = ", ".join([f"CAST({q(view.entity)} AS STRING)", "event_time_ms", *map(q, view.feature_names())])
+    return f"INSERT INTO redis_{view.name}_sink SELECT {udf_name}({args}) FROM feat_{view.name}"
+
+
+def source_metrics_insert(src: EventSource, udf_name: str) -> str:
+    """Per-second counts of events in, late and dead-lettered, computed in the JVM, reported by a UDF."""
+    return f"""INSERT INTO metrics_{src.name}_sink
+SELECT {udf_name}(COUNT(*), SUM(CASE WHEN is_late AND reason IS NULL THEN 1 ELSE 0 END),
+                  SUM(CASE WHEN reason IS NOT NULL THEN 1 ELSE 0 END))
+FROM TABLE(TUMBLE(TABLE {src.name}_parsed, DESCRIPTOR(proc_time), INTERVAL '1' SECOND))
+GROUP BY window_start, window_end"""
