@@ -27,6 +27,7 @@ test-e2e: setup
 
 bench: setup
 	$(BIN)/python bench/stack_startup.py
+	$(BIN)/python bench/feature_pipeline.py
 
 down:
 	-@[ -x $(BIN)/liveml ] && $(BIN)/liveml down

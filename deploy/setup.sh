@@ -82,7 +82,9 @@ else
   echo "$jar_hash" > "$STAMPS/jars"
 fi
 # Flink's lib/ inside the venv's pyflink: the system classpath of the cluster and of `flink run`.
-for jar in "$JARS"/flink-lib/*.jar; do
+# JDBC drivers and Hadoop must be there; the connectors too, so a session cluster loads them once
+# (per-job class loaders leaked metaspace until the TaskManager died).
+for jar in "$JARS"/flink-lib/*.jar "$JARS"/flink/*.jar; do
   [ -f "$flink_lib/$(basename "$jar")" ] || cp "$jar" "$flink_lib/"
 done
 

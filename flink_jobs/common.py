@@ -17,7 +17,10 @@ def ensure_pipeline_jars(t_env: TableEnvironment, cfg: LivemlConfig) -> None:
     into the client too (pyflink's TableConfig.set does that) and is why a plain
     ``flink run -py flink_jobs/<job>.py`` works without extra flags.
     """
+    ours_all = pipeline_jars_value(cfg)
+    if not ours_all:
+        return  # every connector is on Flink's own classpath (lib/)
     conf = t_env.get_config()
     given = [j for j in Configuration.parse_list_value(conf.get("pipeline.jars", "") or "") if j.strip()]
-    ours = [j for j in pipeline_jars_value(cfg).split(";") if j not in given]
+    ours = [j for j in ours_all.split(";") if j not in given]
     conf.set("pipeline.jars", ";".join(given + ours))

@@ -76,25 +76,36 @@ def kafka_source_ddl(src: EventSource, cfg: LivemlConfig, group_id: str, bounded
 )"""
 
 
+def _raw(f: EventField) -> str:
+    return q(f"_raw_{f.name}")
+
+
+def _cast(f: EventField) -> str:
+    return f"TRY_CAST({_raw(f)} AS {FLINK_TYPES[f.type]})"
+
+
 def reason_expr(src: EventSource) -> str:
-    """Why an event is bad, or NULL: the first failed check names the field and the kind of problem."""
-    checks = ["WHEN payload IS NULL OR NOT (payload IS JSON OBJECT) THEN 'malformed_json'"]
+    """Why an event is bad, or NULL: the first failed check names the field and the kind of problem.
+
+    Written over the ``_raw_<field>`` strings of the extract view, so the payload is parsed once per field.
+    """
+    checks = ["WHEN NOT _is_json THEN 'malformed_json'"]
     for f in src.fields:
         if f.required:
-            checks.append(f"WHEN {_json(f.name)} IS NULL THEN 'missing_field:{f.name}'")
+            checks.append(f"WHEN {_raw(f)} IS NULL THEN 'missing_field:{f.name}'")
     for f in src.fields:
-        checks.append(f"WHEN {_json(f.name)} IS NOT NULL AND {_typed(f)} IS NULL THEN 'wrong_type:{f.name}'")
+        checks.append(f"WHEN {_raw(f)} IS NOT NULL AND {_cast(f)} IS NULL THEN 'wrong_type:{f.name}'")
     for f in src.fields:
         conds = []
         if f.min is not None:
-            conds.append(f"{_typed(f)} < {f.min}")
+            conds.append(f"{_cast(f)} < {f.min}")
         if f.max is not None:
-            conds.append(f"{_typed(f)} > {f.max}")
+            conds.append(f"{_cast(f)} > {f.max}")
         if f.choices:
-            conds.append(f"{_typed(f)} NOT IN ({', '.join(repr(c) for c in f.choices)})")
+            conds.append(f"{_cast(f)} NOT IN ({', '.join(repr(c) for c in f.choices)})")
         if conds:
             checks.append(f"WHEN {' OR '.join(conds)} THEN 'absurd_value:{f.name}'")
-    t = _typed(src.field(src.time_field))
+    t = _cast(src.field(src.time_field))
     checks.append(f"WHEN {t} > UNIX_TIMESTAMP() * 1000 + {src.max_future_s * 1000} "
                   f"THEN 'absurd_value:{src.time_field}_in_future'")
     return "CASE\n    " + "\n    ".join(checks) + "\n    ELSE CAST(NULL AS STRING) END"
@@ -105,15 +116,26 @@ def column(f: EventField) -> str:
     return f"{f.name}_ms" if f.epoch_ms else f.name
 
 
+def extract_view_ddl(src: EventSource) -> str:
+    """Each field pulled out of the payload once, as a string (JSON_VALUE parses the payload per call)."""
+    raws = ",\n  ".join(f"{_json(f.name)} AS {_raw(f)}" for f in src.fields)
+    return f"""CREATE TEMPORARY VIEW {src.name}_extract AS
+SELECT
+  payload, kafka_ts, kafka_partition, kafka_offset, event_time, proc_time,
+  COALESCE(payload IS JSON OBJECT, FALSE) AS _is_json,
+  {raws}
+FROM {src.name}_kafka"""
+
+
 def parsed_view_ddl(src: EventSource) -> str:
-    cols = ",\n  ".join(f"{_typed(f)} AS {q(column(f))}" for f in src.fields)
+    cols = ",\n  ".join(f"{_cast(f)} AS {q(column(f))}" for f in src.fields)
     return f"""CREATE TEMPORARY VIEW {src.name}_parsed AS
 SELECT
   payload, kafka_ts, kafka_partition, kafka_offset, event_time, proc_time,
   {reason_expr(src)} AS reason,
   COALESCE(event_time <= CURRENT_WATERMARK(event_time), FALSE) AS is_late,
   {cols}
-FROM {src.name}_kafka"""
+FROM {src.name}_extract"""
 
 
 def good_view_ddl(src: EventSource) -> str:

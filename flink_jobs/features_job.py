@@ -39,6 +39,7 @@ def build_feature_job(t_env: TableEnvironment, cfg: LivemlConfig,
     for src in sources:
         t_env.execute_sql(fsql.kafka_source_ddl(src, cfg, group_id=f"liveml-features-{src.name}", bounded=bounded,
                                                 since_ms=since_ms, out_of_orderness_ms=out_of_orderness_ms))
+        t_env.execute_sql(fsql.extract_view_ddl(src))
         t_env.execute_sql(fsql.parsed_view_ddl(src))
         t_env.execute_sql(fsql.good_view_ddl(src))
         t_env.execute_sql(fsql.dlq_sink_ddl(src, cfg, exactly_once_dlq))
@@ -64,6 +65,8 @@ def configure(t_env: TableEnvironment, parallelism: int | None, name: str, idle_
     conf.set("table.exec.uid.generation", "ALWAYS")
     # Small Python bundles: a feature reaches Redis within ~100 ms of leaving its window.
     conf.set("python.fn-execution.bundle.time", "100")
+    # watermarks every 50 ms (default 200 ms): an OVER window emits only once the watermark passes the event
+    conf.set("pipeline.auto-watermark-interval", "50 ms")
     conf.set("python.fn-execution.bundle.size", "10000")
     conf.set("python.fn-execution.arrow.batch.size", "10000")
     if idle_timeout:

@@ -25,7 +25,7 @@ DEFAULT_PROPERTIES = {
     "write.metadata.previous-versions-max": "50",
     "write.parquet.page-size-bytes": "262144",
     "write.parquet.dict-size-bytes": "262144",
-    "write.distribution-mode": "hash",
+    "write.distribution-mode": "none",  # "hash" sent a month's rows to a single writer subtask
 }
 
 

@@ -69,6 +69,10 @@ def render_flink_conf(cfg: LivemlConfig, base: dict[str, Any]) -> dict[str, Any]
         "taskmanager.memory.process.size": f.taskmanager_memory,
         # managed memory serves the Python workers and RocksDB; the rest is heap for the Iceberg writers
         "taskmanager.memory.managed.fraction": 0.25,
+        # every job loads the Iceberg, Hadoop and Kafka classes into its own class loader; the default 256 MB
+        # of metaspace ran out after a handful of submissions and took the TaskManager down
+        "taskmanager.memory.jvm-metaspace.size": "1024m",
+        "jobmanager.memory.jvm-metaspace.size": "512m",
         "parallelism.default": f.parallelism,
         "rest.address": f.host,
         "rest.bind-address": f.host,
@@ -110,7 +114,12 @@ def flink_env(cfg: LivemlConfig) -> dict[str, str]:
 
 
 def job_jars(cfg: LivemlConfig) -> list[Path]:
-    """Jars every job ships in ``pipeline.jars``: the Kafka SQL connector, Iceberg runtime, Hadoop client."""
+    """Connector jars a job must ship in ``pipeline.jars``: those not already on Flink's own classpath.
+
+    `make setup` puts the Kafka connector and the Iceberg runtime into Flink's lib/ as well: loaded once by
+    the cluster, instead of into a fresh class loader per job, which leaked ~250 MB of metaspace per
+    submission and took the TaskManager down after a few jobs. Anything missing from lib/ is shipped.
+    """
     jar_dir = cfg.jars_path / "flink"
     jars = sorted(jar_dir.glob("*.jar"))
     needed = ("flink-sql-connector-kafka", "iceberg-flink-runtime")
@@ -118,7 +127,8 @@ def job_jars(cfg: LivemlConfig) -> list[Path]:
     if missing:
         raise PrerequisiteError(f"connector jars {missing} are missing from {jar_dir}. Run `make setup` "
                                 "(Maven fetches them from deploy/maven/pom.xml).")
-    return jars
+    in_lib = {p.name for p in (flink_home() / "lib").glob("*.jar")}
+    return [j for j in jars if j.name not in in_lib]
 
 
 def jdbc_drivers_installed() -> list[str]:
@@ -141,7 +151,10 @@ def run_command(cfg: LivemlConfig, job: str, job_args: Sequence[str] = (), detac
     cmd = [str(flink_home() / "bin" / "flink"), "run", "-m", f"{cfg.flink.host}:{cfg.flink.port}"]
     if detached:
         cmd.append("-d")
-    cmd += ["-py", str(path), "-pyexec", py, "-pyclientexec", py, f"-Dpipeline.jars={pipeline_jars_value(cfg)}"]
+    cmd += ["-py", str(path), "-pyexec", py, "-pyclientexec", py]
+    jars = pipeline_jars_value(cfg)
+    if jars:
+        cmd.append(f"-Dpipeline.jars={jars}")
     return cmd + list(job_args)
 
 

@@ -73,8 +73,28 @@ def replayed(stack_config):
     cfg = load_config(tenant, env={})
     events = rp.trip_events(real_trips(N_TRIPS))
     rp.replay(events, rp.kafka_producer(cfg.kafka.bootstrap_servers), topic_prefix=cfg.kafka.topic_prefix)
-    job_id = run_bounded_job(tenant)
+    job_id = plain_flink_run(cfg, tenant, "--bounded")
+    assert wait_for_job(cfg, job_id, timeout=600) == "FINISHED"
     return tenant, cfg, events, job_id
+
+
+def plain_flink_run(cfg, config_path: Path, *job_args: str) -> str:
+    """The job file through the command a Flink user types (README), not through liveml."""
+    import os
+    import subprocess
+    import sys
+
+    from liveml.flink import flink_home
+    from tests.conftest import REPO
+
+    py = sys.executable
+    cmd = [str(flink_home() / "bin" / "flink"), "run", "-m", f"localhost:{cfg.flink.port}", "-d",
+           "-py", "flink_jobs/features_job.py", "-pyexec", py, "-pyclientexec", py,
+           "--config", str(config_path), *job_args]
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("LIVEML_", "FLINK_"))}
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return next(line.split()[-1] for line in (proc.stdout + proc.stderr).splitlines() if "JobID" in line)
 
 
 def _time_col(v) -> str:

@@ -79,3 +79,19 @@ def test_status_reports_down_services_with_addresses(tmp_path):
     assert set(data) >= {"kafka", "flink", "redis", "catalog"}
     assert data["kafka"] == {**data["kafka"], "up": False, "address": f"localhost:{OFFLINE_PORTS['kafka']}", "pid": None}
     assert data["redis"]["up"] is False and data["flink"]["up"] is False
+
+
+def test_features_list_json_shape():
+    rows = json.loads(run_cli(None, "features", "list", "--json").stdout)
+    by_view = {r["view"]: r for r in rows}
+    assert by_view["pickup_area_1h"]["entity"] == "pickup_community_area"
+    assert by_view["pickup_area_1h"]["table"] == "features.pickup_area_1h"
+    assert "fare_avg_1h" in by_view["pickup_area_1h"]["features"]
+    assert by_view["company_tips_24h"]["ttl_s"] == 48 * 3600
+    assert all(set(r) >= {"view", "entity", "features", "table", "ttl_s"} for r in rows)
+
+
+def test_features_get_with_redis_down_names_the_fix(tmp_path):
+    config = write_test_config(tmp_path)
+    proc = run_cli(config, "features", "get", "8", check=False)
+    assert proc.returncode == 5 and "liveml up redis" in proc.stderr

@@ -42,9 +42,21 @@ def test_run_command_passes_python_and_every_jar(cfg):
     assert cmd[cmd.index("-pyexec") + 1] == sys.executable
     assert cmd[cmd.index("-pyclientexec") + 1] == sys.executable
     assert cmd[cmd.index("-py") + 1].endswith("flink_jobs/proof_job.py")
-    jars = next(a for a in cmd if a.startswith("-Dpipeline.jars="))
-    assert "flink-sql-connector-kafka" in jars and "iceberg-flink-runtime" in jars
+    shipped = next((a for a in cmd if a.startswith("-Dpipeline.jars=")), "")
+    in_lib = " ".join(p.name for p in (flink_home() / "lib").glob("*.jar"))
+    for connector in ("flink-sql-connector-kafka", "iceberg-flink-runtime"):
+        assert connector in shipped or connector in in_lib, connector
     assert cmd[-2:] == ["--since-ms", "5"]
+
+
+def test_a_connector_missing_from_lib_is_shipped(cfg, tmp_path, monkeypatch):
+    import liveml.flink as lf
+
+    fake_home = tmp_path / "pyflink"
+    (fake_home / "lib").mkdir(parents=True)
+    monkeypatch.setattr(lf, "flink_home", lambda: fake_home)
+    jars = lf.pipeline_jars_value(cfg)
+    assert "flink-sql-connector-kafka" in jars and "iceberg-flink-runtime" in jars
 
 
 def test_unknown_job_is_named(cfg):
@@ -54,7 +66,8 @@ def test_unknown_job_is_named(cfg):
 
 def test_jdbc_drivers_and_hadoop_sit_in_flinks_lib():
     names = {p.name.split("-")[0] for p in (flink_home() / "lib").glob("*.jar")}
-    assert {"sqlite", "postgresql", "hadoop", "commons"} <= names
+    assert {"sqlite", "postgresql", "hadoop", "commons", "iceberg", "flink"} <= names
+    assert any(p.name.startswith("flink-sql-connector-kafka") for p in (flink_home() / "lib").glob("*.jar"))
 
 
 def test_proof_job_sql_uses_the_shared_catalog(cfg):

@@ -1,0 +1,343 @@
+"""Benchmark: the streaming feature pipeline (Kafka -> Flink features -> Redis + Iceberg).
+
+Figures, all medians or percentiles of this run, on the running local stack (`liveml up`):
+
+* ``events_per_s``: sustained events/s through the feature job at parallelism 2, on a backlog of resampled
+  real trips (the slope of the sources' record counts between 10% and 90% of the backlog);
+* ``freshness_p50_ms`` / ``freshness_p99_ms``: from produce time (= event time) to visible in Redis, at a
+  fixed moderate rate;
+* ``online_read_p50_ms`` / ``online_read_p99_ms``: ``OnlineStore.get`` of one entity.
+
+Baselines, measured in the same run:
+
+* ``baseline_events_per_s``: a single-process Python consumer (confluent-kafka) computing the same three
+  views into Redis, with the same coalesced pipelined writes: what a user would otherwise write by hand;
+* ``baseline_read_p50_ms``: a bare redis-py HGETALL, without decoding or the TTL check.
+
+Writes flat JSON to LIVEML_HOME/bench/feature_pipeline.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import threading
+import time
+from collections import defaultdict, deque
+from pathlib import Path
+
+import numpy as np
+import redis
+import requests
+import yaml
+
+from flink_jobs import replay as rp
+from iceberg_schemas.features import view as get_view
+from iceberg_schemas.registry import ensure_tables
+from liveml.catalog import open_catalog
+from liveml.config import load_config
+from liveml.online.redis import RedisOnlineStore
+from liveml.stack import launcher
+from liveml.topics import ensure_topics
+
+
+def tenant(base, name: str, db: int):
+    home = base.home_path
+    data = {"home": str(home), "kafka": {"bootstrap_servers": base.kafka.bootstrap_servers, "topic_prefix": f"{name}-"},
+            "redis": {"url": base.redis.url.rsplit("/", 1)[0] + f"/{db}"},
+            "flink": {"rest_url": base.flink.rest_url},
+            "catalog": {"sqlite_path": f"bench/{name}/catalog.db", "warehouse": f"bench/{name}/warehouse"}}
+    path = home / "bench" / f"{name}.yaml"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(data))
+    cfg = load_config(path, env={})
+    cfg.sqlite_path.parent.mkdir(parents=True, exist_ok=True)
+    ensure_tables(open_catalog(cfg))
+    ensure_topics(cfg, [cfg.kafka.topic(t) for t in rp.TOPICS])
+    redis.Redis.from_url(cfg.redis.url).flushdb()
+    return cfg
+
+
+def source_records(cfg, job_id: str) -> int:
+    job = requests.get(f"{cfg.flink.rest_url}/jobs/{job_id}", timeout=5).json()
+    return sum(v["metrics"]["write-records"] for v in job["vertices"] if v["name"].startswith("Source:"))
+
+
+def submit(cfg, *args: str) -> str:
+    from liveml import flink
+
+    return flink.submit(cfg, "features", list(args))["job_id"]
+
+
+def wait_running(cfg, job_id: str) -> None:
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        job = requests.get(f"{cfg.flink.rest_url}/jobs/{job_id}", timeout=5).json()
+        if job["state"] == "RUNNING" and all(v["status"] == "RUNNING" for v in job["vertices"]):
+            return
+        time.sleep(0.5)
+    raise RuntimeError(f"job {job_id} not running after 120 s")
+
+
+def cancel(cfg, job_id: str) -> None:
+    from liveml import flink
+
+    flink.cancel_job(cfg, job_id)
+
+
+# --- 1. throughput ---------------------------------------------------------------------------------------
+def measure_flink_throughput(cfg, n_events: int) -> float:
+    job_id = submit(cfg, "--parallelism", "2")
+    samples = []
+    try:
+        deadline = time.time() + 900
+        while time.time() < deadline:
+            done = source_records(cfg, job_id)
+            samples.append((time.monotonic(), done))
+            if done >= n_events:
+                break
+            time.sleep(0.5)
+    finally:
+        cancel(cfg, job_id)
+    return _slope(samples, n_events)
+
+
+def _slope(samples: list[tuple[float, int]], n: int) -> float:
+    lo = next(s for s in samples if s[1] >= 0.1 * n)
+    hi = next(s for s in samples if s[1] >= 0.9 * n)
+    return (hi[1] - lo[1]) / max(hi[0] - lo[0], 1e-6)
+
+
+class PythonFeatures:
+    """The hand-written baseline: the same three views, per-entity deques, coalesced pipelined writes."""
+
+    def __init__(self, store: RedisOnlineStore):
+        self.store = store
+        self.views = {n: get_view(n) for n in ("pickup_area_1h", "pickup_area_15m", "company_tips_24h")}
+        self.win: dict[str, dict] = {n: defaultdict(deque) for n in self.views}
+
+    def _push(self, name: str, entity, t: int, item) -> list:
+        q = self.win[name][entity]
+        q.append((t, item))
+        w = self.views[name].window_s * 1000
+        while q and q[0][0] < t - w:
+            q.popleft()
+        return [i for _, i in q]
+
+    def handle(self, topic: str, ev: dict, out: dict) -> None:
+        if topic.endswith("trips"):
+            area = ev.get("pickup_community_area")
+            if area is None:
+                return
+            t = ev["event_time"]
+            if ev["event_type"] == "end":
+                items = self._push("pickup_area_1h", area, t, (ev.get("fare"), ev.get("trip_miles")))
+                fares = [f for f, _ in items if f is not None]
+                miles = [m for _, m in items if m is not None]
+                out["pickup_area_1h"].append((area, t, {
+                    "trips_count_1h": len(items), "fare_avg_1h": sum(fares) / len(fares) if fares else None,
+                    "fare_max_1h": max(fares) if fares else None,
+                    "trip_miles_avg_1h": sum(miles) / len(miles) if miles else None}))
+            else:
+                items = self._push("pickup_area_15m", area, t, ev.get("company"))
+                out["pickup_area_15m"].append((area, t, {"pickups_count_15m": len(items),
+                                                         "company_distinct_15m": len({c for c in items if c})}))
+        elif ev.get("company"):
+            t = ev["label_time"]
+            items = self._push("company_tips_24h", ev["company"], t, bool(ev["big_tipper"]))
+            out["company_tips_24h"].append((ev["company"], t, {"tip_rate_24h": sum(items) / len(items),
+                                                               "labels_count_24h": len(items)}))
+
+    def flush(self, out: dict) -> None:
+        for name, rows in out.items():
+            if rows:
+                self.store.write(self.views[name], rows)
+                rows.clear()
+
+
+def measure_python_baseline(cfg, n_events: int) -> float:
+    from confluent_kafka import Consumer
+
+    consumer = Consumer({"bootstrap.servers": cfg.kafka.bootstrap_servers, "group.id": f"bench-{time.time()}",
+                         "auto.offset.reset": "earliest", "enable.auto.commit": False})
+    consumer.subscribe([cfg.kafka.topic("trips"), cfg.kafka.topic("labels")])
+    feats = PythonFeatures(RedisOnlineStore(cfg.redis.url))
+    out: dict = defaultdict(list)
+    seen, samples = 0, []
+    deadline = time.time() + 900
+    while seen < n_events and time.time() < deadline:
+        for msg in consumer.consume(num_messages=5000, timeout=0.5):
+            if msg.error():
+                continue
+            try:
+                ev = json.loads(msg.value())
+            except ValueError:
+                continue
+            feats.handle(msg.topic(), ev, out)
+            seen += 1
+        feats.flush(out)
+        samples.append((time.monotonic(), seen))
+    consumer.close()
+    return _slope(samples, n_events)
+
+
+# --- 2. freshness ----------------------------------------------------------------------------------------
+def measure_freshness(cfg, rate: float, seconds: float) -> list[float]:
+    """Produce end events stamped with the wall clock; watch Redis; freshness = visible - event time."""
+    job_id = submit(cfg, "--parallelism", "2", "--views", "pickup_area_1h", "--out-of-orderness-ms", "200")
+    wait_running(cfg, job_id)
+    trips = rp.load_trips()
+    trips = trips[trips["pickup_community_area"].notna() & (trips["trip_miles"] <= 500)].reset_index(drop=True)
+    producer = rp.kafka_producer(cfg.kafka.bootstrap_servers)
+    client = redis.Redis.from_url(cfg.redis.url)
+    areas = sorted({int(a) for a in trips["pickup_community_area"]})
+    from liveml.online.layout import entity_key
+
+    keys = [entity_key("pickup_area_1h", a) for a in areas]
+    produced: dict[int, list[int]] = defaultdict(list)  # area -> event times (= produce times) not yet seen
+    lock = threading.Lock()
+    samples: list[float] = []
+    stop = threading.Event()
+    measuring = threading.Event()
+
+    def watch() -> None:
+        last = {k: 0 for k in keys}
+        while not stop.is_set():
+            pipe = client.pipeline(transaction=False)
+            for k in keys:
+                pipe.hget(k, "__event_time")
+            values = pipe.execute()
+            now = time.time() * 1000
+            for area, k, v in zip(areas, keys, values):
+                if v is None or int(v) <= last[k]:
+                    continue
+                t = int(v)
+                last[k] = t
+                with lock:
+                    pending = produced[area]
+                    seen = [p for p in pending if p <= t]
+                    produced[area] = [p for p in pending if p > t]
+                if measuring.is_set():
+                    samples.extend(now - p for p in seen)
+            time.sleep(0.005)
+
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
+    rng = np.random.default_rng(3)
+    try:
+        total = int(rate * (seconds + 10))
+        t0 = time.monotonic()
+        for i in range(total):
+            if i == int(rate * 10):
+                measuring.set()  # the first 10 s warm the job up
+            due = t0 + i / rate
+            delay = due - time.monotonic()
+            if delay > 0:
+                time.sleep(delay)
+            row = trips.iloc[int(rng.integers(len(trips)))]
+            now_ms = int(time.time() * 1000)
+            area = int(row.pickup_community_area)
+            ev = {"trip_id": f"fresh-{i}", "event_type": "end", "event_time": now_ms, "pickup_community_area": area,
+                  "fare": float(row.fare), "trip_miles": float(row.trip_miles), "trip_seconds": int(row.trip_seconds),
+                  "payment_type": row.payment_type}
+            with lock:
+                produced[area].append(now_ms)
+            producer.produce(cfg.kafka.topic("trips"), key=ev["trip_id"].encode(), value=json.dumps(ev).encode(),
+                             timestamp=now_ms)
+            producer.poll(0)
+        producer.flush(10)
+        time.sleep(3)
+    finally:
+        stop.set()
+        watcher.join(5)
+        cancel(cfg, job_id)
+    return samples
+
+
+# --- 3. online reads -------------------------------------------------------------------------------------
+def measure_reads(cfg, n: int = 5000) -> tuple[list[float], list[float]]:
+    store = RedisOnlineStore(cfg.redis.url)
+    v = get_view("pickup_area_1h")
+    store.write(v, [(a, int(time.time() * 1000), {"trips_count_1h": 3, "fare_avg_1h": 9.5, "fare_max_1h": 12.0,
+                                                  "trip_miles_avg_1h": 1.5}) for a in range(1, 78)])
+    ours, bare = [], []
+    client = redis.Redis.from_url(cfg.redis.url)
+    from liveml.online.layout import entity_key
+
+    for i in range(n):
+        a = 1 + i % 77
+        t0 = time.perf_counter()
+        store.get(v, [a])
+        ours.append((time.perf_counter() - t0) * 1000)
+        t0 = time.perf_counter()
+        client.hgetall(entity_key(v.name, a))
+        bare.append((time.perf_counter() - t0) * 1000)
+    return ours, bare
+
+
+def pct(xs: list[float], q: float) -> float:
+    return round(float(np.percentile(xs, q)), 3) if xs else float("nan")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--events", type=int, default=300_000, help="backlog size for the throughput runs")
+    parser.add_argument("--rate", type=float, default=2000, help="events/s for the freshness run")
+    parser.add_argument("--seconds", type=float, default=30)
+    parser.add_argument("--only", choices=["throughput", "freshness"], default=None,
+                        help="run one part and print it (no JSON written)")
+    args = parser.parse_args()
+
+    base = load_config()
+    launcher.up(base)
+    run = f"bench{int(time.time()) % 100000}"
+    print(f"[1/3] throughput: producing a backlog of {args.events:,} events (resampled real trips)", flush=True)
+    cfg = tenant(base, f"{run}-tp", 5)
+    k = max(1, args.events // (3 * 15002) + 1)
+    events = rp.build_events(amplify_k=k, seed=7, trips_per_s=2000.0)[: args.events]
+    if args.only != "freshness":
+        rp.replay(events, rp.kafka_producer(cfg.kafka.bootstrap_servers), topic_prefix=cfg.kafka.topic_prefix)
+    if args.only != "freshness":
+        flink_eps = measure_flink_throughput(cfg, len(events))
+        print(f"      flink, parallelism 2: {flink_eps:,.0f} events/s", flush=True)
+    if args.only == "throughput":
+        return
+    if args.only == "freshness":
+        fresh = measure_freshness(tenant(base, f"{run}-fresh", 6), args.rate, args.seconds)
+        print(f"      {len(fresh)} samples: p50 {pct(fresh, 50)} ms, p99 {pct(fresh, 99)} ms", flush=True)
+        return
+    redis.Redis.from_url(cfg.redis.url).flushdb()
+    py_eps = measure_python_baseline(cfg, len(events))
+    print(f"      python consumer baseline: {py_eps:,.0f} events/s", flush=True)
+
+    print(f"[2/3] freshness at {args.rate:,.0f} events/s for {args.seconds:.0f} s", flush=True)
+    fcfg = tenant(base, f"{run}-fresh", 6)
+    fresh = measure_freshness(fcfg, args.rate, args.seconds)
+    print(f"      {len(fresh)} samples: p50 {pct(fresh, 50)} ms, p99 {pct(fresh, 99)} ms", flush=True)
+
+    print("[3/3] online reads", flush=True)
+    ours, bare = measure_reads(fcfg)
+    figures = {
+        "events_per_s": round(flink_eps, 1),
+        "baseline_events_per_s": round(py_eps, 1),
+        "events_per_s_ratio": round(flink_eps / py_eps, 3),
+        "freshness_p50_ms": pct(fresh, 50),
+        "freshness_p99_ms": pct(fresh, 99),
+        "freshness_samples": len(fresh),
+        "online_read_p50_ms": pct(ours, 50),
+        "online_read_p99_ms": pct(ours, 99),
+        "baseline_read_p50_ms": pct(bare, 50),
+        "baseline_read_p99_ms": pct(bare, 99),
+        "online_read_p50_ratio": round(pct(ours, 50) / pct(bare, 50), 3),
+        "backlog_events": len(events),
+        "parallelism": 2,
+    }
+    out = base.path("bench", "feature_pipeline.json")
+    out.write_text(json.dumps(figures, indent=2))
+    print(json.dumps(figures, indent=2))
+    print(f"written to {out}")
+
+
+if __name__ == "__main__":
+    main()

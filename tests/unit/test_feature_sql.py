@@ -1,0 +1,89 @@
+"""The SQL the compiler derives from the specs, read without a cluster."""
+
+import pytest
+
+from flink_jobs import feature_sql as fsql
+from iceberg_schemas.features import FEATURE_VIEWS, view
+from iceberg_schemas.sources import LABELS, TRIPS
+from liveml.config import load_config
+
+pytestmark = pytest.mark.unit
+
+
+@pytest.fixture
+def cfg(tmp_path):
+    return load_config(overrides={"home": str(tmp_path), "kafka": {"topic_prefix": "t-"}}, env={})
+
+
+@pytest.mark.parametrize("window, sql", [("15m", "INTERVAL '15' MINUTE"), ("1h", "INTERVAL '1' HOUR"),
+                                         ("24h", "INTERVAL '24' HOUR"), ("120s", "INTERVAL '120' SECOND(3)")])
+def test_interval(window, sql):
+    assert fsql.interval(window) == sql
+
+
+def test_source_reads_the_prefixed_topic_with_a_guarded_watermark(cfg):
+    ddl = fsql.kafka_source_ddl(TRIPS, cfg, "g", bounded=True, out_of_orderness_ms=250)
+    assert "'topic' = 't-trips'" in ddl and "'scan.bounded.mode' = 'latest-offset'" in ddl
+    assert "WATERMARK FOR event_time AS event_time - INTERVAL '0.250' SECOND" in ddl
+    assert "THEN kafka_ts" in ddl  # an unparsable or far-future time cannot push the watermark
+
+
+def test_reasons_follow_the_contract_order():
+    expr = fsql.reason_expr(TRIPS)
+    assert "JSON_VALUE" not in expr  # checks read the extracted strings; the payload is parsed once per field
+    order = [expr.index(s) for s in ("'malformed_json'", "'missing_field:trip_id'", "'missing_field:event_time'",
+                                      "'wrong_type:event_time'", "'absurd_value:event_type'", "'absurd_value:fare'",
+                                      "'absurd_value:trip_miles'")]
+    assert order == sorted(order)
+    assert "NOT IN ('start', 'end')" in expr
+
+
+def test_feature_view_sql_uses_one_window_per_view():
+    for v in FEATURE_VIEWS:
+        src = TRIPS if v.source == "trips" else LABELS
+        sql = fsql.feature_view_ddl(v, src)
+        assert sql.count("OVER w") == len(v.feature_names())
+        assert f"PARTITION BY `{v.entity}` ORDER BY event_time" in sql
+        assert "NOT is_late" in sql
+        for name in v.feature_names():
+            assert f"AS `{name}`" in sql
+
+
+def test_aggregations_compile():
+    sql = fsql.feature_view_ddl(view("company_tips_24h"), LABELS)
+    assert "AVG(CASE WHEN `big_tipper` THEN" in sql and "`label_time_ms` AS event_time_ms" in sql
+    assert "COUNT(DISTINCT `company`) OVER w" in fsql.feature_view_ddl(view("pickup_area_15m"), TRIPS)
+
+
+def test_raw_insert_writes_every_raw_column(cfg):
+    sql = fsql.raw_insert(LABELS, "liveml")
+    assert sql.startswith("INSERT INTO `liveml`.`labels`.`trips`")
+    assert "CAST(TO_TIMESTAMP_LTZ(`decision_time_ms`, 3) AS TIMESTAMP_LTZ(6))" in sql
+    assert "is_late" in sql and "FROM labels_good" in sql
+
+
+def test_dlq_is_exactly_once_per_tenant(cfg):
+    ddl = fsql.dlq_sink_ddl(TRIPS, cfg)
+    assert "'topic' = 't-trips.dlq'" in ddl and "'sink.delivery-guarantee' = 'exactly-once'" in ddl
+    assert "'sink.transactional-id-prefix' = 'liveml-t-trips-dlq'" in ddl
+
+
+def test_every_view_source_field_exists_in_its_source():
+    from iceberg_schemas.sources import SOURCES
+
+    for v in FEATURE_VIEWS:
+        src = SOURCES[v.source]
+        src.field(v.entity)
+        for agg in v.aggregations:
+            if agg.source_field:
+                src.field(agg.source_field)
+
+
+def test_raw_tables_hold_every_source_field():
+    from iceberg_schemas.sources import SOURCES
+    from iceberg_schemas.tables import table_spec
+
+    for src in SOURCES.values():
+        cols = {f.name for f in table_spec(src.raw_table).schema.fields}
+        assert {f.name for f in src.fields} <= cols
+        assert {"ingest_time", "is_late"} <= cols
