@@ -245,10 +245,11 @@ def feature_redis_insert(view: FeatureView, udf_name: str) -> str:
     return f"INSERT INTO redis_{view.name}_sink SELECT {udf_name}({args}) FROM feat_{view.name}"
 
 
-def source_metrics_insert(src: EventSource, udf_name: str) -> str:
-    """Per-second counts of events in, late and dead-lettered, computed in the JVM, reported by a UDF."""
-    return f"""INSERT INTO metrics_{src.name}_sink
-SELECT {udf_name}(COUNT(*), SUM(CASE WHEN is_late AND reason IS NULL THEN 1 ELSE 0 END),
-                  SUM(CASE WHEN reason IS NOT NULL THEN 1 ELSE 0 END))
-FROM TABLE(TUMBLE(TABLE {src.name}_parsed, DESCRIPTOR(proc_time), INTERVAL '1' SECOND))
-GROUP BY window_start, window_end"""
+def late_counter_insert(src: EventSource) -> str:
+    """Late events, counted by Flink's own metrics: the ``numRecordsIn`` of the ``<source>_late`` sink.
+
+    With the DLQ writer's ``numRecordsIn`` and the source's ``numRecordsOut`` this gives events in, late and
+    dead-lettered without a Python worker (a Python counter UDF cost a process per slot and tripled the
+    freshness p50 on 2 cores).
+    """
+    return f"INSERT INTO {src.name}_late SELECT 1 FROM {src.name}_good WHERE is_late"

@@ -18,7 +18,7 @@ from pyflink.table import StreamTableEnvironment, TableEnvironment
 from iceberg_schemas.features import FEATURE_VIEWS, FeatureView
 from iceberg_schemas.sources import SOURCES, EventSource
 from flink_jobs import feature_sql as fsql
-from flink_jobs.udfs import redis_upsert_udf, source_metrics_udf
+from flink_jobs.udfs import redis_upsert_udf
 from liveml.config import LivemlConfig, load_config
 
 
@@ -45,9 +45,8 @@ def build_feature_job(t_env: TableEnvironment, cfg: LivemlConfig,
         t_env.execute_sql(fsql.dlq_sink_ddl(src, cfg, exactly_once_dlq))
         stmts.add_insert_sql(fsql.dlq_insert(src))
         stmts.add_insert_sql(fsql.raw_insert(src, cfg.catalog.name))
-        t_env.create_temporary_function(f"metrics_{src.name}", source_metrics_udf(src.name))
-        t_env.execute_sql(fsql.blackhole_ddl(f"metrics_{src.name}_sink"))
-        stmts.add_insert_sql(fsql.source_metrics_insert(src, f"metrics_{src.name}"))
+        t_env.execute_sql(fsql.blackhole_ddl(f"{src.name}_late"))
+        stmts.add_insert_sql(fsql.late_counter_insert(src))
     for view in views:
         t_env.execute_sql(fsql.feature_view_ddl(view, SOURCES[view.source]))
         stmts.add_insert_sql(fsql.feature_iceberg_insert(view, cfg.catalog.name))
@@ -67,8 +66,8 @@ def configure(t_env: TableEnvironment, parallelism: int | None, name: str, idle_
     conf.set("python.fn-execution.bundle.time", "100")
     # watermarks every 50 ms (default 200 ms): an OVER window emits only once the watermark passes the event
     conf.set("pipeline.auto-watermark-interval", "50 ms")
-    conf.set("python.fn-execution.bundle.size", "10000")
-    conf.set("python.fn-execution.arrow.batch.size", "10000")
+    conf.set("python.fn-execution.bundle.size", "1000")
+    conf.set("python.fn-execution.arrow.batch.size", "1000")
     if idle_timeout:
         # Off by default: a partition marked idle while the job is backpressured (e.g. at start-up, while
         # the Python workers boot) lets the watermark run ahead, and its events then arrive late.

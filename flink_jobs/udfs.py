@@ -1,9 +1,8 @@
-"""The few Python functions the feature job runs in Flink's Python workers; everything else is SQL in the JVM.
+"""The one Python function the feature job runs in Flink's Python workers; everything else is SQL in the JVM.
 
 * :class:`RedisUpsert`, a vectorized (pandas) UDF: each Arrow batch of feature rows becomes one pipelined
   Redis round trip, coalesced to the latest row per entity. It returns before the batch is acknowledged,
   so a checkpoint (which waits for in-flight batches) never passes rows Redis has not received.
-* :class:`SourceMetrics`: per-second counts computed in SQL become Flink counters (and so Prometheus).
 """
 
 from __future__ import annotations
@@ -50,26 +49,6 @@ class RedisUpsert(ScalarFunction):
         return pd.Series([1] * len(rows), dtype="int64")
 
 
-class SourceMetrics(ScalarFunction):
-    def __init__(self, source: str):
-        self.source = source
-
-    def open(self, function_context) -> None:
-        group = function_context.get_metric_group().add_group("liveml").add_group("source", self.source)
-        self.records_in = group.counter("records_in")
-        self.records_late = group.counter("records_late")
-        self.dlq = group.counter("dlq_records")
-
-    def eval(self, n_in: int, n_late: int, n_dlq: int) -> int:
-        self.records_in.inc(int(n_in or 0))
-        self.records_late.inc(int(n_late or 0))
-        self.dlq.inc(int(n_dlq or 0))
-        return int(n_in or 0)
-
-
 def redis_upsert_udf(redis_url: str, view_name: str):
     return udf(RedisUpsert(redis_url, view_name), result_type=DataTypes.BIGINT(), func_type="pandas")
 
-
-def source_metrics_udf(source: str):
-    return udf(SourceMetrics(source), result_type=DataTypes.BIGINT())
