@@ -1,4 +1,4 @@
-"""What every job file needs before it declares anything: the connector jars on ``pipeline.jars``."""
+"""What every job file shares: the connector jars on ``pipeline.jars``, the catalog, Kafka source options."""
 
 from __future__ import annotations
 
@@ -24,3 +24,24 @@ def ensure_pipeline_jars(t_env: TableEnvironment, cfg: LivemlConfig) -> None:
     given = [j for j in Configuration.parse_list_value(conf.get("pipeline.jars", "") or "") if j.strip()]
     ours = [j for j in ours_all.split(";") if j not in given]
     conf.set("pipeline.jars", ";".join(given + ours))
+
+
+def catalog_ddl(cfg: LivemlConfig) -> str:
+    """The Iceberg catalog pyiceberg also opens, under the same name."""
+    opts = ", ".join(f"'{k}' = '{v}'" for k, v in cfg.flink_catalog_options().items())
+    return f"CREATE CATALOG IF NOT EXISTS {cfg.catalog.name} WITH ({opts})"
+
+
+def kafka_source_options(cfg: LivemlConfig, topic: str, group_id: str, bounded: bool = False,
+                         since_ms: int | None = None, startup: str = "earliest-offset") -> dict[str, str]:
+    """Kafka connector options: where to start (a timestamp, or ``startup``) and, if bounded, where to stop
+    (the offsets that are latest when the job starts)."""
+    opts = {"connector": "kafka", "topic": topic, "properties.bootstrap.servers": cfg.kafka.bootstrap_servers,
+            "properties.group.id": group_id}
+    if since_ms is not None:
+        opts.update({"scan.startup.mode": "timestamp", "scan.startup.timestamp-millis": str(since_ms)})
+    else:
+        opts["scan.startup.mode"] = startup
+    if bounded:
+        opts["scan.bounded.mode"] = "latest-offset"
+    return opts

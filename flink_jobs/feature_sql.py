@@ -9,6 +9,7 @@ from __future__ import annotations
 from iceberg_schemas.features import SPEC_VERSION, Aggregation, FeatureView, window_seconds
 from iceberg_schemas.sources import FLINK_TYPES, EventField, EventSource
 from iceberg_schemas.tables import feature_table, table_spec
+from flink_jobs.common import kafka_source_options
 from liveml.config import LivemlConfig
 
 
@@ -46,21 +47,8 @@ def kafka_source_ddl(src: EventSource, cfg: LivemlConfig, group_id: str, bounded
     """
     t = _typed(src.field(src.time_field))
     max_future = src.max_future_s * 1000
-    opts = {
-        "connector": "kafka",
-        "topic": cfg.kafka.topic(src.topic),
-        "properties.bootstrap.servers": cfg.kafka.bootstrap_servers,
-        "properties.group.id": group_id,
-        "properties.isolation.level": "read_committed",
-        "format": "raw",
-        "raw.charset": "UTF-8",
-    }
-    if since_ms is not None:
-        opts.update({"scan.startup.mode": "timestamp", "scan.startup.timestamp-millis": str(since_ms)})
-    else:
-        opts["scan.startup.mode"] = startup
-    if bounded:
-        opts["scan.bounded.mode"] = "latest-offset"
+    opts = {**kafka_source_options(cfg, cfg.kafka.topic(src.topic), group_id, bounded, since_ms, startup),
+            "properties.isolation.level": "read_committed", "format": "raw", "raw.charset": "UTF-8"}
     return f"""CREATE TEMPORARY TABLE {src.name}_kafka (
   payload STRING,
   kafka_ts TIMESTAMP_LTZ(3) METADATA FROM 'timestamp' VIRTUAL,

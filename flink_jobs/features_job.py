@@ -18,13 +18,9 @@ from pyflink.table import StreamTableEnvironment, TableEnvironment
 from iceberg_schemas.features import FEATURE_VIEWS, FeatureView
 from iceberg_schemas.sources import SOURCES, EventSource
 from flink_jobs import feature_sql as fsql
+from flink_jobs.common import catalog_ddl
 from flink_jobs.udfs import redis_upsert_udf
 from liveml.config import LivemlConfig, load_config
-
-
-def catalog_ddl(cfg: LivemlConfig) -> str:
-    opts = ", ".join(f"'{k}' = '{v}'" for k, v in cfg.flink_catalog_options().items())
-    return f"CREATE CATALOG IF NOT EXISTS {cfg.catalog.name} WITH ({opts})"
 
 
 def build_feature_job(t_env: TableEnvironment, cfg: LivemlConfig,

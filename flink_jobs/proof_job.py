@@ -18,6 +18,7 @@ from typing import Sequence
 from pyflink.table import DataTypes, StreamTableEnvironment, TableEnvironment
 from pyflink.table.udf import udf
 
+from flink_jobs.common import catalog_ddl, kafka_source_options
 from liveml.config import LivemlConfig, load_config
 
 SOURCE_TOPIC = "proof"
@@ -30,26 +31,9 @@ def tidy_name(name: str | None) -> str | None:
     return None if name is None else " ".join(name.split()).lower()
 
 
-def catalog_ddl(cfg: LivemlConfig) -> str:
-    opts = ", ".join(f"'{k}' = '{v}'" for k, v in cfg.flink_catalog_options().items())
-    return f"CREATE CATALOG IF NOT EXISTS {cfg.catalog.name} WITH ({opts})"
-
-
 def source_ddl(cfg: LivemlConfig, topic: str, bounded: bool, since_ms: int | None) -> str:
-    opts = {
-        "connector": "kafka",
-        "topic": topic,
-        "properties.bootstrap.servers": cfg.kafka.bootstrap_servers,
-        "properties.group.id": "liveml-proof",
-        "format": "json",
-        "json.ignore-parse-errors": "true",
-    }
-    if since_ms is not None:
-        opts.update({"scan.startup.mode": "timestamp", "scan.startup.timestamp-millis": str(since_ms)})
-    else:
-        opts["scan.startup.mode"] = "earliest-offset"
-    if bounded:
-        opts["scan.bounded.mode"] = "latest-offset"
+    opts = {**kafka_source_options(cfg, topic, "liveml-proof", bounded, since_ms),
+            "format": "json", "json.ignore-parse-errors": "true"}
     rendered = ", ".join(f"'{k}' = '{v}'" for k, v in opts.items())
     return ("CREATE TEMPORARY TABLE proof_source (id BIGINT, name STRING, `value` DOUBLE, event_time_ms BIGINT)"
             f" WITH ({rendered})")

@@ -67,8 +67,10 @@ def render_flink_conf(cfg: LivemlConfig, base: dict[str, Any]) -> dict[str, Any]
         "taskmanager.host": "localhost",
         "taskmanager.numberOfTaskSlots": f.task_slots,
         "taskmanager.memory.process.size": f.taskmanager_memory,
-        # managed memory serves the Python workers and RocksDB; the rest is heap for the Iceberg writers
-        "taskmanager.memory.managed.fraction": 0.25,
+        # Python workers off managed memory: sharing it between Python operators crashed the TaskManager when a
+        # job was cancelled ("Reference count must not be negative"); the heap goes to the Iceberg writers
+        "python.fn-execution.memory.managed": False,
+        "taskmanager.memory.managed.fraction": 0.1,
         # every job loads the Iceberg, Hadoop and Kafka classes into its own class loader; the default 256 MB
         # of metaspace ran out after a handful of submissions and took the TaskManager down
         "taskmanager.memory.jvm-metaspace.size": "1024m",
