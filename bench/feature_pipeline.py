@@ -86,8 +86,8 @@ def cancel(cfg, job_id: str) -> None:
 
 
 # --- 1. throughput ---------------------------------------------------------------------------------------
-def measure_flink_throughput(cfg, n_events: int) -> float:
-    job_id = submit(cfg, "--parallelism", "2")
+def measure_flink_throughput(cfg, n_events: int, extra_args: tuple[str, ...] = ()) -> float:
+    job_id = submit(cfg, "--parallelism", "2", *extra_args)
     samples = []
     try:
         deadline = time.time() + 900
@@ -312,7 +312,7 @@ def main() -> None:
     if args.only != "freshness":
         rp.replay(events, rp.kafka_producer(cfg.kafka.bootstrap_servers), topic_prefix=cfg.kafka.topic_prefix)
     if args.only != "freshness":
-        flink_eps = measure_flink_throughput(cfg, len(events))
+        flink_eps = measure_flink_throughput(cfg, len(events), tuple(args.job_arg or ()))
         print(f"      flink, parallelism 2: {flink_eps:,.0f} events/s", flush=True)
     if args.only == "throughput":
         return
