@@ -64,7 +64,7 @@ def ensure_table(catalog: Catalog, spec: TableSpec) -> EnsureResult:
             with tx.update_schema() as update:
                 update.union_by_name(spec.schema)
         if changed:
-            tx.set_properties({k: props[k] for k in changed})
+            tx.set_properties(**{k: props[k] for k in changed})
     return EnsureResult(spec.identifier, "evolved", added, changed)
 
 

@@ -77,3 +77,15 @@ def test_type_change_is_refused(catalog):
               for f in PROOF_EVENTS.schema.fields]
     with pytest.raises(SchemaConflict, match="value"):
         ensure_table(catalog, dataclasses.replace(PROOF_EVENTS, schema=Schema(*fields)))
+
+
+def test_a_changed_property_is_applied_in_place(catalog):
+    ensure_table(catalog, PROOF_EVENTS)
+    uuid = catalog.load_table(PROOF_EVENTS.identifier).metadata.table_uuid
+    changed = dataclasses.replace(PROOF_EVENTS, properties={"write.parquet.compression-codec": "snappy"})
+    result = ensure_table(catalog, changed)
+    assert result.action == "evolved" and result.changed_properties == ["write.parquet.compression-codec"]
+    table = catalog.load_table(PROOF_EVENTS.identifier)
+    assert table.properties["write.parquet.compression-codec"] == "snappy"
+    assert table.metadata.table_uuid == uuid
+    assert ensure_table(catalog, changed).action == "unchanged"
