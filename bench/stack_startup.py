@@ -18,12 +18,11 @@ import tempfile
 import time
 from pathlib import Path
 
-import requests
 
 from liveml.config import load_config
 from liveml.flink import flink_env, flink_home
 from liveml.stack import launcher
-from liveml.stack.services import FlinkService
+from liveml.stack.flink_cluster import FlinkService
 
 
 def bench_config(home: Path):
@@ -51,12 +50,7 @@ def time_start_cluster(cfg) -> float:
     bin_dir = flink_home() / "bin"
     t0 = time.monotonic()
     subprocess.run(["bash", str(bin_dir / "start-cluster.sh")], env=env, check=True, capture_output=True)
-    while True:
-        try:
-            if requests.get(f"{cfg.flink.rest_url}/overview", timeout=1).json().get("taskmanagers", 0) >= 1:
-                break
-        except requests.RequestException:
-            pass
+    while not FlinkService(cfg).is_up():
         if time.monotonic() - t0 > 120:
             raise RuntimeError("start-cluster.sh: no TaskManager after 120 s")
         time.sleep(0.25)

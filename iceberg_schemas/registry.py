@@ -6,6 +6,7 @@ and running it again evolves the live table in place (its data and snapshots sta
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 from typing import Iterable
 
@@ -28,10 +29,8 @@ class EnsureResult:
 
 
 def ensure_namespace(catalog: Catalog, namespace: str) -> None:
-    try:
+    with contextlib.suppress(NamespaceAlreadyExistsError):
         catalog.create_namespace(namespace)
-    except NamespaceAlreadyExistsError:
-        pass
 
 
 def ensure_table(catalog: Catalog, spec: TableSpec) -> EnsureResult:

@@ -6,6 +6,7 @@ is never mistaken for ours.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -80,16 +81,12 @@ def terminate(tracked: Iterable[Tracked], timeout: float = 20.0) -> None:
         except psutil.Error:
             continue
     for proc in procs:
-        try:
+        with contextlib.suppress(psutil.Error):
             proc.send_signal(signal.SIGTERM)
-        except psutil.Error:
-            pass
     _, alive = psutil.wait_procs(procs, timeout=timeout)
     for proc in alive:
-        try:
+        with contextlib.suppress(psutil.Error):
             proc.kill()
-        except psutil.Error:
-            pass
     psutil.wait_procs(alive, timeout=5)
 
 
@@ -131,11 +128,10 @@ def wait_until(check: Callable[[], bool], timeout: float, what: str, log: Path |
         if proc is not None and proc.poll() is not None:
             raise ServiceError(f"{what} exited with code {proc.returncode} while starting."
                                + _tail_hint(log))
-        try:
+        # a health probe failing is the normal state while starting
+        with contextlib.suppress(Exception):
             if check():
                 return
-        except Exception:  # a health probe failing is the normal state while starting
-            pass
         time.sleep(interval)
     raise ServiceError(f"{what} was not healthy after {timeout:.0f}s." + _tail_hint(log))
 

@@ -15,8 +15,8 @@ from iceberg_schemas.features import FEATURE_VIEWS
 from liveml.config import load_config
 from liveml.demo import wait_for_job
 from liveml.online.redis import RedisOnlineStore
-from liveml.stack.services import FlinkService
-from tests.conftest import cli_json
+from liveml.stack.flink_cluster import FlinkService
+from tests.conftest import cli_json, run_cli
 from tests.integration.test_features_job import (consume_all, event_frames, make_tenant, read_table,
                                                  real_trips)
 from tests.reference import expected_view, first_reason, qualifying, valid
@@ -155,7 +155,4 @@ def test_five_percent_bad_events_go_to_the_dlq_and_the_job_keeps_running(stack_c
         assert not requests.get(f"{cfg.flink.rest_url}/jobs/{job_id}/exceptions", timeout=5).json()[
             "exceptionHistory"]["entries"]
     finally:
-        cli_json(tenant, "jobs")
-        from tests.conftest import run_cli
-
         run_cli(tenant, "cancel", job_id, check=False)
