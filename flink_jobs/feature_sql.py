@@ -201,8 +201,7 @@ def feature_view_ddl(view: FeatureView, src: EventSource) -> str:
     window_seconds(view.window)
     feats = ",\n  ".join(f"{agg_expr(a)} OVER w AS {q(n)}" for a, n in zip(view.aggregations, view.feature_names()))
     where = [f"{q(view.entity)} IS NOT NULL", "NOT is_late"]
-    if view.filter:
-        where.append(f"({view.filter})")
+    where += [f"{q(name)} = '{value}'" for name, value in view.only.items()]
     return f"""CREATE TEMPORARY VIEW feat_{view.name} AS
 SELECT
   {q(view.entity)}, {q(src.id_field)} AS source_id, event_time,

@@ -67,7 +67,9 @@ class FeatureView:
     ttl: timedelta
     description: str
     owner: str
-    filter: str | None = None  # a SQL predicate over the source's fields, e.g. "event_type = 'end'"
+    # only source events whose fields equal these values, e.g. {"event_type": "end"}: declared as data, so
+    # the SQL and any other reader (a backfill, a test's reference) derive the same predicate
+    only: dict[str, str] = field(default_factory=dict)
     tags: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -99,7 +101,7 @@ FEATURE_VIEWS: tuple[FeatureView, ...] = (
         entity_type="int",
         source="trips",
         window="1h",
-        filter="event_type = 'end'",
+        only={"event_type": "end"},
         aggregations=(
             Aggregation("trips", "count"),
             Aggregation("fare", "avg"),
@@ -116,7 +118,7 @@ FEATURE_VIEWS: tuple[FeatureView, ...] = (
         entity_type="int",
         source="trips",
         window="15m",
-        filter="event_type = 'start'",
+        only={"event_type": "start"},
         aggregations=(Aggregation("pickups", "count"), Aggregation("company", "distinct")),
         ttl=timedelta(minutes=30),
         description="Trips starting in a pickup area, and how many companies serve it, over 15 minutes.",

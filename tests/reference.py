@@ -34,13 +34,27 @@ def valid(events: pd.DataFrame, source: str) -> pd.Series:
 def qualifying(events: pd.DataFrame, view: FeatureView) -> pd.DataFrame:
     """The events a view aggregates: valid, matching its filter, with an entity."""
     df = events[valid(events, view.source)]
-    if view.filter == "event_type = 'end'":
-        df = df[df["event_type"] == "end"]
-    elif view.filter == "event_type = 'start'":
-        df = df[df["event_type"] == "start"]
-    elif view.filter:
-        raise NotImplementedError(view.filter)
+    for name, value in view.only.items():
+        df = df[df[name] == value]
     return df[df[view.entity].notna()].copy()
+
+
+def _last(col: pd.Series) -> float:
+    present = col.dropna()
+    return float(present.iloc[-1]) if len(present) else float("nan")
+
+
+# every aggregation of iceberg_schemas.features.AGG_OPS, over the window's rows (in event-time order)
+AGGREGATE = {
+    "count": lambda win, col: len(win),
+    "sum": lambda win, col: col.astype(float).sum(),
+    "avg": lambda win, col: col.astype(float).mean(),
+    "min": lambda win, col: col.astype(float).min(),
+    "max": lambda win, col: col.astype(float).max(),
+    "last": lambda win, col: _last(col),
+    "distinct": lambda win, col: col.nunique(dropna=True),
+    "rate": lambda win, col: col.astype(float).mean(),
+}
 
 
 def expected_view(events: pd.DataFrame, view: FeatureView, time_col: str, latest_only: bool = False) -> pd.DataFrame:
@@ -60,22 +74,7 @@ def expected_view(events: pd.DataFrame, view: FeatureView, time_col: str, latest
             row = {view.entity: entity, "source_id": df.at[idx, "trip_id"], "event_time_ms": int(t)}
             for agg, name in zip(view.aggregations, view.feature_names()):
                 col = win[agg.source_field] if agg.source_field else None
-                if agg.op == "count":
-                    row[name] = len(win)
-                elif agg.op == "avg":
-                    row[name] = col.astype(float).mean()
-                elif agg.op == "max":
-                    row[name] = col.astype(float).max()
-                elif agg.op == "min":
-                    row[name] = col.astype(float).min()
-                elif agg.op == "sum":
-                    row[name] = col.astype(float).sum()
-                elif agg.op == "distinct":
-                    row[name] = col.nunique(dropna=True)
-                elif agg.op == "rate":
-                    row[name] = col.astype(float).mean()
-                else:
-                    raise NotImplementedError(agg.op)
+                row[name] = AGGREGATE[agg.op](win, col)
             out.append(row)
     return pd.DataFrame(out)
 

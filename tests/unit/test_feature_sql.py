@@ -79,6 +79,22 @@ def test_every_view_source_field_exists_in_its_source():
                 src.field(agg.source_field)
 
 
+def test_view_conditions_are_source_fields_and_compile():
+    from iceberg_schemas.sources import SOURCES
+
+    for v in FEATURE_VIEWS:
+        for name, value in v.only.items():
+            SOURCES[v.source].field(name)
+            assert f"`{name}` = '{value}'" in fsql.feature_view_ddl(v, SOURCES[v.source])
+
+
+def test_the_pandas_reference_covers_every_aggregation():
+    from iceberg_schemas.features import AGG_OPS
+    from tests.reference import AGGREGATE
+
+    assert set(AGGREGATE) == set(AGG_OPS)
+
+
 def test_raw_tables_hold_every_source_field():
     from iceberg_schemas.sources import SOURCES
     from iceberg_schemas.tables import table_spec
