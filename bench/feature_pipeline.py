@@ -21,41 +21,23 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import time
 from collections import defaultdict, deque
-from pathlib import Path
 
 import numpy as np
 import redis
 import requests
-import yaml
 
 from flink_jobs import replay as rp
 from iceberg_schemas.features import view as get_view
-from iceberg_schemas.registry import ensure_tables
-from liveml.catalog import open_catalog
 from liveml.config import load_config
 from liveml.online.redis import RedisOnlineStore
 from liveml.stack import launcher
-from liveml.topics import ensure_topics
+from liveml.tenant import create_tenant
 
 
 def tenant(base, name: str, db: int):
-    home = base.home_path
-    data = {"home": str(home), "kafka": {"bootstrap_servers": base.kafka.bootstrap_servers, "topic_prefix": f"{name}-"},
-            "redis": {"url": base.redis.url.rsplit("/", 1)[0] + f"/{db}"},
-            "flink": {"rest_url": base.flink.rest_url},
-            "catalog": {"sqlite_path": f"bench/{name}/catalog.db", "warehouse": f"bench/{name}/warehouse"}}
-    path = home / "bench" / f"{name}.yaml"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(yaml.safe_dump(data))
-    cfg = load_config(path, env={})
-    cfg.sqlite_path.parent.mkdir(parents=True, exist_ok=True)
-    ensure_tables(open_catalog(cfg))
-    ensure_topics(cfg, [cfg.kafka.topic(t) for t in rp.TOPICS])
-    redis.Redis.from_url(cfg.redis.url).flushdb()
-    return cfg
+    return load_config(create_tenant(base, name, db), env={})
 
 
 def source_records(cfg, job_id: str) -> int:

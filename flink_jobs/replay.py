@@ -9,18 +9,18 @@ is ``trip-000i-a<k>``.
 from __future__ import annotations
 
 import json
-import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable
 
 import numpy as np
 import pandas as pd
 
-TRIPS_TOPIC = "trips"
-LABELS_TOPIC = "labels"
-TOPICS = (TRIPS_TOPIC, LABELS_TOPIC, f"{TRIPS_TOPIC}.dlq", f"{LABELS_TOPIC}.dlq")
+from iceberg_schemas.sources import LABELS, TRIPS
+
+TRIPS_TOPIC = TRIPS.topic
+LABELS_TOPIC = LABELS.topic
 LABEL_DELAY_S = 15 * 60  # the tip becomes known 15 minutes (event time) after the trip ends
 
 
@@ -156,7 +156,7 @@ class ReplayStats:
 
 def replay(events: list[Event], producer, topic_prefix: str = "", speedup: float | None = None, rate: float | None = None,
            limit: int | None = None, bad_fraction: float = 0.0, seed: int = 0,
-           on_progress: Callable[[int], None] | None = None, stamp_produce_time: bool = False,
+           on_progress: Callable[[int], None] | None = None,
            clock: Callable[[], float] = time.monotonic, sleep: Callable[[float], None] = time.sleep) -> ReplayStats:
     """Send ``events`` in order. ``speedup`` paces by event time / X; ``rate`` caps events per second."""
     rng = np.random.default_rng(seed)
@@ -180,10 +180,7 @@ def replay(events: list[Event], producer, topic_prefix: str = "", speedup: float
             stats.bad += 1
             stats.corrupted.append((ev.key, ev.value.get("event_type"), kind))
         else:
-            value = ev.value
-            if stamp_produce_time:
-                value = {**value, "produced_at": int(time.time() * 1000)}
-            payload = json.dumps(value).encode()
+            payload = json.dumps(ev.value).encode()
         while True:
             try:
                 producer.produce(topic_prefix + ev.topic, key=ev.key.encode(), value=payload, timestamp=ev.time_ms)
@@ -226,6 +223,3 @@ def kafka_producer(bootstrap_servers: str):
                      "queue.buffering.max.messages": 500000, "compression.type": "lz4",
                      "enable.idempotence": True})
 
-
-if __name__ == "__main__":  # pragma: no cover - `liveml replay` is the entry point
-    print(len(build_events()), "events from", data_path(), os.getpid())

@@ -90,3 +90,6 @@ LABELS = EventSource(
 )
 
 SOURCES = {s.name: s for s in (TRIPS, LABELS)}
+
+# every topic the platform reads or dead-letters to (before a tenant's prefix)
+TOPICS = tuple(t for s in SOURCES.values() for t in (s.topic, s.dlq_topic))

@@ -231,8 +231,8 @@ def cancel(ctx: click.Context, job_id: str) -> None:
 @click.option("--amplify", type=int, default=0, help="Resample K copies of the real rows with new times and ids.")
 @click.option("--trips-per-s", type=float, default=1000.0, show_default=True,
               help="With --amplify: event-time density of the resampled trips (they start now).")
-@click.option("--drift", type=click.Choice(sorted(__import__("flink_jobs.replay", fromlist=["x"]).DRIFT_SCENARIOS)),
-              default=None, help="Shift one distribution of the real data.")
+@click.option("--drift", default=None, metavar="SCENARIO",
+              help="Shift one distribution of the real data: fare_up, card_share_up or tips_down.")
 @click.option("--bad-fraction", type=float, default=0.0, help="Corrupt this share of trip events (DLQ drills).")
 @click.option("--seed", type=int, default=0)
 @click.option("--json", "as_json", is_flag=True)
@@ -243,10 +243,13 @@ def replay(ctx: click.Context, rate, speedup, limit, amplify, trips_per_s, drift
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
     from flink_jobs import replay as rp
+    from iceberg_schemas.sources import TOPICS
     from liveml.topics import ensure_topics
 
+    if drift is not None and drift not in rp.DRIFT_SCENARIOS:
+        raise click.BadParameter(f"{drift!r} is not one of {sorted(rp.DRIFT_SCENARIOS)}", param_hint="--drift")
     cfg = _cfg(ctx)
-    ensure_topics(cfg, [cfg.kafka.topic(t) for t in rp.TOPICS])
+    ensure_topics(cfg, [cfg.kafka.topic(t) for t in TOPICS])
     events = rp.build_events(amplify_k=amplify, drift=drift, seed=seed, trips_per_s=trips_per_s)
     total = min(limit, len(events)) if limit else len(events)
     producer = rp.kafka_producer(cfg.kafka.bootstrap_servers)

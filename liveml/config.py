@@ -310,12 +310,12 @@ def load_config(path: str | os.PathLike[str] | None = None, overrides: Mapping[s
         problems = []
         for err in exc.errors():
             field = ".".join(str(p) for p in err["loc"]) or "<root>"
-            origin = _origin(field, env, overrides)
+            origin = _origin(field, env)
             problems.append(f"{source}: field '{field}'{origin}: {err['msg']}")
         raise ConfigError("\n".join(problems)) from None
 
 
-def _origin(field: str, env: Mapping[str, str], overrides: Mapping[str, Any] | None) -> str:
+def _origin(field: str, env: Mapping[str, str]) -> str:
     var = ENV_PREFIX + field.upper().replace(".", ENV_NESTING)
     if var in env:
         return f" (from environment variable {var})"

@@ -27,9 +27,9 @@ def make_events(n: int, run_id: int, seed: int = 7) -> list[dict[str, Any]]:
 
 
 def produce(cfg: LivemlConfig, topic: str, events: list[dict[str, Any]], malformed: int = 0) -> None:
-    from confluent_kafka import Producer
+    from flink_jobs.replay import kafka_producer
 
-    producer = Producer({"bootstrap.servers": cfg.kafka.bootstrap_servers, "enable.idempotence": True})
+    producer = kafka_producer(cfg.kafka.bootstrap_servers)
     for ev in events:
         producer.produce(topic, key=str(ev["id"]).encode(), value=json.dumps(ev).encode())
     for i in range(malformed):

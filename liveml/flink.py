@@ -133,12 +133,6 @@ def job_jars(cfg: LivemlConfig) -> list[Path]:
     return [j for j in jars if j.name not in in_lib]
 
 
-def jdbc_drivers_installed() -> list[str]:
-    """JDBC drivers must sit in Flink's own lib/ (apache/iceberg#9097); `make setup` puts them there."""
-    return sorted(p.name for p in (flink_home() / "lib").glob("*.jar")
-                  if p.name.startswith(("sqlite-jdbc", "postgresql")))
-
-
 def pipeline_jars_value(cfg: LivemlConfig) -> str:
     return ";".join(j.as_uri() for j in job_jars(cfg))
 

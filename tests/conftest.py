@@ -53,6 +53,19 @@ def run_cli(config: Path | None, *args: str, check: bool = True, timeout: float 
     return proc
 
 
+def plain_flink_run(flink_port: int, job_file: str, config: Path, *job_args: str) -> str:
+    """A job file through the command a Flink user types (README), not through liveml; returns the job id."""
+    from liveml.flink import flink_home
+
+    py = sys.executable
+    cmd = [str(flink_home() / "bin" / "flink"), "run", "-m", f"localhost:{flink_port}", "-d",
+           "-py", job_file, "-pyexec", py, "-pyclientexec", py, "--config", str(config), *job_args]
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("LIVEML_", "FLINK_"))}
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return next(line.split()[-1] for line in (proc.stdout + proc.stderr).splitlines() if "JobID" in line)
+
+
 def cli_json(config: Path, *args: str):
     return json.loads(run_cli(config, *args, "--json").stdout)
 

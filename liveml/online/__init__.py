@@ -15,10 +15,7 @@ __all__ = ["EntityRow", "OnlineStore", "coalesce_latest", "entity_key", "open_on
 
 
 def open_online_store(url: str) -> OnlineStore:
-    if url.startswith("memory://"):
-        from liveml.online.memory import InMemoryOnlineStore
-
-        return InMemoryOnlineStore()
+    """The online store at ``url`` (``redis://``); unit tests use ``memory.InMemoryOnlineStore`` directly."""
     from liveml.online.redis import RedisOnlineStore
 
     return RedisOnlineStore(url)

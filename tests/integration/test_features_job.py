@@ -13,7 +13,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-import yaml
 from pyiceberg.catalog import load_catalog
 
 from flink_jobs import replay as rp
@@ -21,8 +20,8 @@ from iceberg_schemas.features import FEATURE_VIEWS, view
 from liveml.config import load_config
 from liveml.demo import wait_for_job
 from liveml.online.redis import RedisOnlineStore
-from liveml.topics import ensure_topics
-from tests.conftest import cli_json, run_cli
+from liveml.tenant import create_tenant
+from tests.conftest import cli_json, plain_flink_run
 from tests.reference import expected_view, latest_per_entity
 
 pytestmark = pytest.mark.integration
@@ -31,17 +30,7 @@ N_TRIPS = 1200
 
 
 def make_tenant(stack_config: Path, name: str, db: int) -> Path:
-    data = yaml.safe_load(stack_config.read_text())
-    data["kafka"]["topic_prefix"] = f"{name}-"
-    data["redis"]["url"] = data["redis"]["url"].rsplit("/", 1)[0] + f"/{db}"
-    data["catalog"] = {"sqlite_path": f"{name}/catalog.db", "warehouse": f"{name}/warehouse"}
-    path = Path(data["home"]) / f"{name}.yaml"
-    path.write_text(yaml.safe_dump(data))
-    cfg = load_config(path, env={})
-    cfg.sqlite_path.parent.mkdir(parents=True, exist_ok=True)
-    run_cli(path, "tables", "create", "--json")
-    ensure_topics(cfg, [cfg.kafka.topic(t) for t in rp.TOPICS])
-    return path
+    return create_tenant(load_config(stack_config, env={}), name, db)
 
 
 def real_trips(n: int) -> pd.DataFrame:
@@ -59,13 +48,6 @@ def read_table(cfg_path: Path, table: str) -> pd.DataFrame:
     return load_catalog(conf["name"], **conf["properties"]).load_table(table).scan().to_pandas()
 
 
-def run_bounded_job(cfg_path: Path, *extra: str) -> str:
-    cfg = load_config(cfg_path, env={})
-    sub = cli_json(cfg_path, "submit", "features", "--bounded", *extra)
-    assert wait_for_job(cfg, sub["job_id"], timeout=600) == "FINISHED"
-    return sub["job_id"]
-
-
 @pytest.fixture(scope="module")
 def replayed(stack_config):
     """N real trips (their start, end and label events) replayed once, and the job run over them."""
@@ -73,28 +55,9 @@ def replayed(stack_config):
     cfg = load_config(tenant, env={})
     events = rp.trip_events(real_trips(N_TRIPS))
     rp.replay(events, rp.kafka_producer(cfg.kafka.bootstrap_servers), topic_prefix=cfg.kafka.topic_prefix)
-    job_id = plain_flink_run(cfg, tenant, "--bounded")
+    job_id = plain_flink_run(cfg.flink.port, "flink_jobs/features_job.py", tenant, "--bounded")
     assert wait_for_job(cfg, job_id, timeout=600) == "FINISHED"
     return tenant, cfg, events, job_id
-
-
-def plain_flink_run(cfg, config_path: Path, *job_args: str) -> str:
-    """The job file through the command a Flink user types (README), not through liveml."""
-    import os
-    import subprocess
-    import sys
-
-    from liveml.flink import flink_home
-    from tests.conftest import REPO
-
-    py = sys.executable
-    cmd = [str(flink_home() / "bin" / "flink"), "run", "-m", f"localhost:{cfg.flink.port}", "-d",
-           "-py", "flink_jobs/features_job.py", "-pyexec", py, "-pyclientexec", py,
-           "--config", str(config_path), *job_args]
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("LIVEML_", "FLINK_"))}
-    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, env=env, timeout=300)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    return next(line.split()[-1] for line in (proc.stdout + proc.stderr).splitlines() if "JobID" in line)
 
 
 def _time_col(v) -> str:
@@ -167,8 +130,6 @@ def test_raw_tables_hold_every_good_event(replayed):
 
 def test_dlq_holds_exactly_the_invalid_real_rows(replayed):
     """Real rows that break the contract (e.g. 1,710 miles) are dead-lettered with a reason, not lost."""
-    from confluent_kafka import Consumer
-
     tenant, cfg, events, _ = replayed
     trips, _ = event_frames(events)
     from tests.reference import valid

@@ -1,9 +1,5 @@
 """Kafka -> Flink (with a Python UDF) -> Iceberg, read back with plain pyiceberg and compared with what was sent."""
 
-import json
-import os
-import subprocess
-import sys
 import time
 
 import pandas as pd
@@ -11,7 +7,7 @@ import pytest
 from pyiceberg.catalog import load_catalog
 
 from liveml.demo import make_events, produce, wait_for_job
-from tests.conftest import REPO, cli_json, run_cli
+from tests.conftest import cli_json, plain_flink_run, run_cli
 
 pytestmark = pytest.mark.integration
 
@@ -70,21 +66,11 @@ def test_submit_writes_exactly_what_was_sent(cfg, stack_config, tables):
 
 def test_plain_flink_run_runs_the_same_job_file(cfg, stack_config, tables):
     """The command a Flink user types, documented in the README: no liveml in between."""
-    from liveml.flink import flink_env, flink_home
-
     run_id = 102
     events = make_events(40, run_id)
     since = int(time.time() * 1000) - 1000
     produce(cfg, "proof", events)
-    py = sys.executable
-    cmd = [str(flink_home() / "bin" / "flink"), "run", "-m", f"localhost:{cfg.flink.port}", "-d",
-           "-py", "flink_jobs/proof_job.py", "-pyexec", py, "-pyclientexec", py,
-           "--config", str(stack_config), "--since-ms", str(since)]
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("LIVEML_", "FLINK_"))}
-    env["PATH"] = f"{os.path.dirname(py)}:{env['PATH']}"
-    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, env=env, timeout=300)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    job_id = next(line.split()[-1] for line in (proc.stdout + proc.stderr).splitlines() if "JobID" in line)
+    job_id = plain_flink_run(cfg.flink.port, "flink_jobs/proof_job.py", stack_config, "--since-ms", str(since))
     assert wait_for_job(cfg, job_id) == "FINISHED"
     got = _read(stack_config, run_id * 1_000_000, (run_id + 1) * 1_000_000)
     assert got["id"].tolist() == _expected(events)["id"].tolist()

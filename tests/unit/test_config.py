@@ -107,3 +107,15 @@ def test_catalog_properties_open_with_plain_pyiceberg(tmp_path):
     catalog.create_namespace("smoke")
     assert ("smoke",) in catalog.list_namespaces()
     assert cfg.flink_catalog_options()["uri"] == f"jdbc:sqlite:{cfg.sqlite_path}"
+
+
+def test_a_tenant_is_the_base_config_with_its_own_topics_redis_db_and_catalog(tmp_path):
+    from liveml.tenant import write_tenant_config
+
+    base = load_config(write(tmp_path, f"home: {tmp_path}\nflink:\n  rest_url: http://localhost:18081\n"), env={})
+    cfg = load_config(write_tenant_config(base, "staging", 4), env={})
+    assert cfg.kafka.topic("trips") == "staging-trips"
+    assert cfg.redis.url == "redis://localhost:6379/4"
+    assert cfg.sqlite_path == tmp_path / "tenants" / "staging" / "catalog.db"
+    assert cfg.warehouse_path != base.warehouse_path
+    assert cfg.flink.rest_url == base.flink.rest_url and cfg.jars_path == base.jars_path

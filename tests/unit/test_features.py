@@ -33,12 +33,12 @@ def test_feature_names_are_unique_across_views():
 
 
 def test_feature_table_columns_come_from_the_spec():
-    for view in FEATURE_VIEWS:
-        spec = feature_table(view)
+    for v in FEATURE_VIEWS:
+        spec = feature_table(v)
         cols = [f.name for f in spec.schema.fields]
-        assert cols[0] == view.entity
-        assert cols[-len(view.feature_names()):] == view.feature_names()
-        assert spec.properties["liveml.ttl-s"] == str(view.ttl_s)
+        assert cols[0] == v.entity
+        assert cols[-len(v.feature_names()):] == v.feature_names()
+        assert spec.properties["liveml.ttl-s"] == str(v.ttl_s)
         assert spec in TABLES
 
 
