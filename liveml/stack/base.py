@@ -83,10 +83,9 @@ class Service(ABC):
         return "started"
 
     def stop(self) -> str:
-        tracked = self.pidfile.read()
-        if not tracked:
+        if not self.pidfile.read() and not self.pidfile.marked():
             return "not running"
-        process.terminate(tracked)
+        process.terminate(self.pidfile)
         self.pidfile.remove()
         return "stopped"
 

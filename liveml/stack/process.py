@@ -1,7 +1,9 @@
 """Processes we start, remembered by pid file, so `liveml down` stops exactly those and nothing else.
 
 A pid file records each pid with its start time: a pid the kernel has since given to another program
-is never mistaken for ours.
+is never mistaken for ours. Every process we start also carries the pid file's path in its environment
+(``LIVEML_PROC_MARK``), and so does everything it starts in turn: Flink's Python workers, which detach
+from the TaskManager's process tree, are found by that mark and stopped with the rest.
 """
 
 from __future__ import annotations
@@ -15,11 +17,13 @@ import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable, Mapping, Sequence
+from typing import Callable, Mapping, Sequence
 
 import psutil
 
 from liveml.errors import PortInUseError, ServiceError
+
+MARK = "LIVEML_PROC_MARK"
 
 
 @dataclass(frozen=True)
@@ -57,33 +61,47 @@ class PidFile:
     def remove(self) -> None:
         self.path.unlink(missing_ok=True)
 
+    @property
+    def marker(self) -> str:
+        return str(self.path.resolve())
+
+    def marked(self) -> list[psutil.Process]:
+        """Every live process carrying this pid file's mark, however far it detached from the tree."""
+        found = []
+        for proc in psutil.process_iter():
+            with contextlib.suppress(psutil.Error):
+                if proc.environ().get(MARK) == self.marker:
+                    found.append(proc)
+        return found
+
 
 def spawn(cmd: Sequence[str], log: Path, pidfile: PidFile, env: Mapping[str, str] | None = None,
           cwd: Path | None = None) -> subprocess.Popen:
     """Start ``cmd`` in its own session (so a Ctrl-C in the shell does not kill it), logging to ``log``."""
     log.parent.mkdir(parents=True, exist_ok=True)
+    child_env = dict(os.environ if env is None else env)
+    child_env[MARK] = pidfile.marker
     with open(log, "ab") as out:
         proc = subprocess.Popen(list(cmd), stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                env=dict(env) if env is not None else None, cwd=cwd, start_new_session=True)
+                                env=child_env, cwd=cwd, start_new_session=True)
     pidfile.add(proc.pid)
     return proc
 
 
-def terminate(tracked: Iterable[Tracked], timeout: float = 20.0) -> None:
-    """SIGTERM each process group, wait, then SIGKILL whatever is left."""
-    procs = []
-    for t in tracked:
-        if not t.alive():
-            continue
-        try:
+def terminate(pidfile: PidFile, timeout: float = 20.0) -> None:
+    """SIGTERM every process of ``pidfile`` (tracked, their children, and anything carrying its mark), wait,
+    then SIGKILL whatever is left."""
+    procs: dict[int, psutil.Process] = {}
+    for t in pidfile.alive():
+        with contextlib.suppress(psutil.Error):
             proc = psutil.Process(t.pid)
-            procs.extend([proc, *proc.children(recursive=True)])
-        except psutil.Error:
-            continue
-    for proc in procs:
+            procs.update((p.pid, p) for p in [proc, *proc.children(recursive=True)])
+    procs.update((p.pid, p) for p in pidfile.marked())
+    procs.pop(os.getpid(), None)
+    for proc in procs.values():
         with contextlib.suppress(psutil.Error):
             proc.send_signal(signal.SIGTERM)
-    _, alive = psutil.wait_procs(procs, timeout=timeout)
+    _, alive = psutil.wait_procs(list(procs.values()), timeout=timeout)
     for proc in alive:
         with contextlib.suppress(psutil.Error):
             proc.kill()

@@ -6,6 +6,7 @@ import socket
 import psutil
 import pytest
 
+from liveml.config import load_config
 from tests.conftest import TEST_PORTS, cli_json, run_cli
 
 pytestmark = pytest.mark.integration
@@ -15,6 +16,19 @@ def _listening(port: int) -> bool:
     with socket.socket() as s:
         s.settimeout(0.5)
         return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+def _marked_by(home: str) -> list[int]:
+    from liveml.stack.process import MARK
+
+    pids = []
+    for proc in psutil.process_iter():
+        try:
+            if proc.environ().get(MARK, "").startswith(home) and proc.status() != "zombie":
+                pids.append(proc.pid)
+        except psutil.Error:
+            continue
+    return pids
 
 
 def test_status_shows_every_service_up(stack_config):
@@ -66,9 +80,15 @@ def test_down_leaves_nothing_then_up_again(stack_config):
     children = [c.pid for p in pids for c in psutil.Process(p).children(recursive=True)]
     assert pids
 
+    home = str(load_config(stack_config, env={}).home_path)
+    marked_before = _marked_by(home)
+    assert marked_before, "our processes carry the stack's mark"
+
     cli_json(stack_config, "down")
-    alive = [p for p in pids + children if psutil.pid_exists(p) and psutil.Process(p).status() != "zombie"]
+    alive = [p for p in pids + children + marked_before
+             if psutil.pid_exists(p) and psutil.Process(p).status() != "zombie"]
     assert alive == []
+    assert _marked_by(home) == []  # detached ones too, e.g. Flink's Python workers
     busy = [p for k, p in TEST_PORTS.items() if isinstance(p, int) and _listening(p)]
     assert busy == []
     again = cli_json(stack_config, "down")["services"]  # harmless twice

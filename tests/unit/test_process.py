@@ -35,7 +35,7 @@ def test_spawn_track_terminate(tmp_path):
     pf = PidFile(tmp_path / "s.pid")
     proc = spawn([sys.executable, "-c", "import time; time.sleep(60)"], tmp_path / "s.log", pf)
     assert [t.pid for t in pf.alive()] == [proc.pid]
-    terminate(pf.read(), timeout=5)
+    terminate(pf, timeout=5)
     proc.wait(timeout=5)
     assert pf.alive() == []
 
@@ -48,6 +48,24 @@ def test_terminate_escalates_to_kill(tmp_path):
         if "ready" in (tmp_path / "k.log").read_text():
             break
         subprocess.run(["sleep", "0.05"])
-    terminate(pf.read(), timeout=1)
+    terminate(pf, timeout=1)
     assert pf.alive() == []  # it ignores SIGTERM, so only the SIGKILL escalation can have ended it
     assert proc.poll() is not None
+
+
+def test_a_detached_grandchild_is_found_by_its_mark_and_stopped(tmp_path):
+    """What Flink's Python workers do: leave the process tree (new session, parent gone)."""
+    import psutil
+
+    pf = PidFile(tmp_path / "d.pid")
+    pid_file = tmp_path / "grandchild.pid"
+    code = ("import os, subprocess, sys, time; "
+            "p = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)'], start_new_session=True); "
+            f"open({str(pid_file)!r}, 'w').write(str(p.pid)); sys.exit(0)")
+    proc = spawn([sys.executable, "-c", code], tmp_path / "d.log", pf)
+    proc.wait(timeout=10)
+    grandchild = int(pid_file.read_text())
+    assert psutil.pid_exists(grandchild)
+    assert [p.pid for p in pf.marked()] == [grandchild]
+    terminate(pf, timeout=5)
+    assert not psutil.pid_exists(grandchild) or psutil.Process(grandchild).status() == psutil.STATUS_ZOMBIE
