@@ -158,3 +158,12 @@ def table_spec(identifier: str) -> TableSpec:
         if spec.identifier == identifier:
             return spec
     raise KeyError(f"no table {identifier!r}; declared: {[t.identifier for t in TABLES]}")
+
+
+def unpartitioned(spec: TableSpec, namespace: str | None = None) -> TableSpec:
+    """``spec`` without partitions (optionally in another namespace): for tables pyiceberg itself writes.
+
+    pyiceberg 0.6.1 (pinned: see README) appends only to unpartitioned tables, so the training sets it
+    writes, and benchmark inputs it loads, use this; Flink writes the partitioned originals."""
+    return TableSpec(namespace or spec.namespace, spec.name, spec.schema, PartitionSpec(), spec.description,
+                     dict(spec.properties))

@@ -335,5 +335,7 @@ def demo(ctx: click.Context, rows: int, as_json: bool) -> None:
         sys.exit(1)
 
 
+from liveml import cli_offline  # noqa: E402,F401  (registers query, sql, training-set, backfill, parity)
+
 if __name__ == "__main__":  # pragma: no cover
     main()

@@ -1,0 +1,305 @@
+"""The offline store: Iceberg tables read with pyiceberg, time travel, and SQL through DuckDB.
+
+``OfflineStore`` is the Python API behind ``liveml query``, ``liveml sql`` and ``liveml tables history``::
+
+    from liveml.config import load_config
+    from liveml.offline import OfflineStore
+
+    store = OfflineStore.from_config(load_config())
+    arrow = store.scan("raw.trips", where="fare > 20", columns=["trip_id", "fare"], as_of="2026-11-26T10:00:00Z")
+    df = store.sql("SELECT company, avg(fare) FROM raw.trips GROUP BY 1").to_pandas()
+
+Scans go through pyiceberg, so filters prune partitions and Parquet row groups. SQL runs in DuckDB over
+the data files pyiceberg plans for the pinned snapshot (``read_parquet``), so a query streams from disk
+and spills past memory instead of materialising whole tables. Our tables are append-only (no delete
+files); a table that has delete files is read through pyiceberg's Arrow scan instead, which applies them.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Iterable, Mapping, Sequence
+
+import duckdb
+import pyarrow as pa
+from pyiceberg.catalog import Catalog
+from pyiceberg.exceptions import NoSuchTableError
+from pyiceberg.expressions import AlwaysTrue, BooleanExpression
+from pyiceberg.expressions.parser import parse as parse_filter
+from pyiceberg.expressions.visitors import bind
+from pyiceberg.io.pyarrow import schema_to_pyarrow
+from pyiceberg.table import Table
+
+from liveml.config import LivemlConfig
+from liveml.errors import LivemlError
+
+
+class QueryError(LivemlError):
+    """A query names something that does not exist, or is malformed, or would write."""
+
+    exit_code = 6
+
+
+def parse_time(value: str | datetime | int) -> datetime:
+    """An ISO-8601 time (``2014-03-01``, ``2014-03-01T12:00:00Z``), a datetime or epoch milliseconds, in UTC."""
+    if isinstance(value, datetime):
+        return value if value.tzinfo else value.replace(tzinfo=timezone.utc)
+    if isinstance(value, int):
+        return datetime.fromtimestamp(value / 1000, tz=timezone.utc)
+    try:
+        parsed = datetime.fromisoformat(value.strip().replace("Z", "+00:00"))
+    except ValueError:
+        raise QueryError(f"time {value!r} is not ISO-8601 (e.g. 2014-03-01T12:00:00Z)") from None
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=timezone.utc)
+
+
+def to_ms(value: datetime) -> int:
+    return int(value.timestamp() * 1000)
+
+
+def _iso_ms(ms: int) -> str:
+    return datetime.fromtimestamp(ms / 1000, tz=timezone.utc).isoformat(timespec="milliseconds")
+
+
+class OfflineStore:
+    def __init__(self, catalog: Catalog, tmp_dir: str | Path | None = None, memory_limit: str | None = None):
+        self.catalog = catalog
+        self.tmp_dir = Path(tmp_dir) if tmp_dir else None
+        self.memory_limit = memory_limit
+
+    @classmethod
+    def from_config(cls, cfg: LivemlConfig, memory_limit: str | None = None) -> "OfflineStore":
+        from liveml.catalog import open_catalog
+
+        return cls(open_catalog(cfg), Path(cfg.home) / "tmp" / "duckdb", memory_limit)
+
+    # --- tables and snapshots ----------------------------------------------------------------------
+    def table_names(self) -> list[str]:
+        return sorted(".".join(ident) for ns in self.catalog.list_namespaces() for ident in self.catalog.list_tables(ns))
+
+    def table(self, name: str) -> Table:
+        if name.count(".") != 1:
+            raise QueryError(f"table {name!r} must be namespace.table; known: {', '.join(self.table_names())}")
+        try:
+            return self.catalog.load_table(name)
+        except NoSuchTableError:
+            raise QueryError(f"no table {name!r}; known: {', '.join(self.table_names()) or 'none'} "
+                             "(`liveml tables create` creates the declared ones)") from None
+
+    def resolve_snapshot(self, table: Table, snapshot_id: int | None = None,
+                         as_of: str | datetime | int | None = None) -> int | None:
+        """The snapshot to read: the given id, the one current at ``as_of``, or the current one (None if empty)."""
+        name = ".".join(table.identifier[-2:])
+        if snapshot_id is not None and as_of is not None:
+            raise QueryError("give --snapshot or --as-of, not both")
+        if snapshot_id is not None:
+            if table.snapshot_by_id(int(snapshot_id)) is None:
+                recent = [s.snapshot_id for s in table.metadata.snapshots[-3:]]
+                raise QueryError(f"table {name} has no snapshot {snapshot_id}; recent ones: {recent} "
+                                 f"(`liveml tables history {name}`)")
+            return int(snapshot_id)
+        if as_of is not None:
+            at_ms = to_ms(parse_time(as_of))
+            log = [e for e in table.metadata.snapshot_log if e.timestamp_ms <= at_ms]
+            if not log:
+                first = table.metadata.snapshot_log[0].timestamp_ms if table.metadata.snapshot_log else None
+                since = f"its first snapshot is at {_iso_ms(first)}" if first else "it has no snapshots"
+                raise QueryError(f"table {name} had no snapshot at {_iso_ms(at_ms)}; {since}")
+            return log[-1].snapshot_id
+        snap = table.current_snapshot()
+        return snap.snapshot_id if snap else None
+
+    def history(self, name: str) -> list[dict[str, Any]]:
+        """Every snapshot in commit order: id, parent, time, operation, rows added and total."""
+        table = self.table(name)
+        current = table.current_snapshot()
+        rows = []
+        for snap in table.metadata.snapshots:
+            extra = snap.summary.additional_properties if snap.summary else {}
+            rows.append({
+                "snapshot_id": snap.snapshot_id, "parent_id": snap.parent_snapshot_id,
+                "time": _iso_ms(snap.timestamp_ms), "timestamp_ms": snap.timestamp_ms,
+                "operation": snap.summary.operation.value if snap.summary else None,
+                "added_rows": int(extra.get("added-records", 0)), "total_rows": int(extra.get("total-records", 0)),
+                "added_files": int(extra.get("added-data-files", 0)),
+                "current": current is not None and snap.snapshot_id == current.snapshot_id,
+            })
+        return sorted(rows, key=lambda r: r["timestamp_ms"])
+
+    # --- scans ---------------------------------------------------------------------------------------
+    def _filter(self, table: Table, where: str | BooleanExpression | None) -> BooleanExpression:
+        if where is None or where == "":
+            return AlwaysTrue()
+        if isinstance(where, str):
+            try:
+                expr = parse_filter(where)
+            except Exception as exc:  # pyparsing's ParseException: keep only where it broke
+                col = getattr(exc, "col", None)
+                raise QueryError(f"malformed filter {where!r}" + (f" near column {col}" if col else "") +
+                                 "; write comparisons such as \"fare > 20 and company = 'Flash Cab'\"") from None
+        else:
+            expr = where
+        try:
+            bind(table.schema(), expr, case_sensitive=True)
+        except ValueError as exc:
+            raise QueryError(f"filter {where!r} does not fit {'.'.join(table.identifier[-2:])}: {exc}; "
+                             f"columns: {', '.join(f.name for f in table.schema().fields)}") from None
+        return expr
+
+    def _columns(self, table: Table, columns: Sequence[str] | None) -> tuple[str, ...]:
+        names = [f.name for f in table.schema().fields]
+        if not columns:
+            return ("*",)
+        unknown = [c for c in columns if c not in names]
+        if unknown:
+            raise QueryError(f"no column {', '.join(map(repr, unknown))} in {'.'.join(table.identifier[-2:])}; "
+                             f"columns: {', '.join(names)}")
+        return tuple(columns)
+
+    def scan(self, name: str, where: str | BooleanExpression | None = None, columns: Sequence[str] | None = None,
+             snapshot_id: int | None = None, as_of: str | datetime | int | None = None,
+             limit: int | None = None) -> pa.Table:
+        """Rows of ``name`` as Arrow, through pyiceberg (filter pushed down to partitions and files)."""
+        table = self.table(name)
+        row_filter = self._filter(table, where)
+        selected = self._columns(table, columns)
+        snap = self.resolve_snapshot(table, snapshot_id, as_of)
+        if snap is None:
+            schema = schema_to_pyarrow(table.schema())
+            if selected != ("*",):
+                schema = pa.schema([schema.field(c) for c in selected])
+            return schema.empty_table()
+        return table.scan(row_filter=row_filter, selected_fields=selected, snapshot_id=snap, limit=limit).to_arrow()
+
+    def scan_pandas(self, name: str, **kwargs: Any):
+        return self.scan(name, **kwargs).to_pandas()
+
+    def data_files(self, table: Table, snapshot_id: int | None,
+                   where: str | BooleanExpression | None = None) -> list[str] | None:
+        """The Parquet files of the snapshot that can hold rows matching ``where`` (partition and metrics
+        pruning by pyiceberg), or None when delete files mean the files alone are not the table."""
+        if snapshot_id is None:
+            return []
+        tasks = list(table.scan(row_filter=self._filter(table, where), snapshot_id=snapshot_id).plan_files())
+        if any(t.delete_files for t in tasks):
+            return None
+        return [_local(t.file.file_path) for t in tasks]
+
+    # --- DuckDB --------------------------------------------------------------------------------------
+    def connect(self) -> duckdb.DuckDBPyConnection:
+        con = duckdb.connect()
+        con.execute("SET TimeZone = 'UTC'")
+        if self.memory_limit:
+            con.execute(f"SET memory_limit = '{self.memory_limit}'")
+        if self.tmp_dir:
+            self.tmp_dir.mkdir(parents=True, exist_ok=True)
+            con.execute(f"SET temp_directory = '{self.tmp_dir}'")
+        return con
+
+    def register(self, con: duckdb.DuckDBPyConnection, name: str, snapshot_id: int | None = None,
+                 where: str | BooleanExpression | None = None, view: str | None = None) -> int | None:
+        """Make ``name`` (as of ``snapshot_id``, current by default) a DuckDB view; returns the snapshot read.
+
+        The view is ``namespace.table`` in DuckDB too (a schema per namespace), unless ``view`` names it.
+        ``where`` prunes the files read; rows are not filtered by it (put the predicate in the query).
+        """
+        table = self.table(name)
+        snap = self.resolve_snapshot(table, snapshot_id)
+        namespace, short = name.split(".")
+        if view is None:
+            con.execute(f'CREATE SCHEMA IF NOT EXISTS "{namespace}"')
+            target = f'"{namespace}"."{short}"'
+        else:
+            target = f'"{view}"'
+        arrow_schema = schema_to_pyarrow(table.schema())
+        files = self.data_files(table, snap, where)
+        if files is None:  # delete files present: let pyiceberg apply them
+            arrow = table.scan(row_filter=self._filter(table, where), snapshot_id=snap).to_arrow()
+            src = f"_arrow_{namespace}_{short}_{abs(hash(target))}"
+            con.register(src, arrow)
+            con.execute(f"CREATE OR REPLACE VIEW {target} AS SELECT * FROM {src}")
+            return snap
+        if not files:
+            src = f"_empty_{namespace}_{short}_{abs(hash(target))}"
+            con.register(src, arrow_schema.empty_table())
+            con.execute(f"CREATE OR REPLACE VIEW {target} AS SELECT * FROM {src}")
+            return snap
+        file_list = "[" + ", ".join("'" + f.replace("'", "''") + "'" for f in files) + "]"
+        scan = f"read_parquet({file_list}, union_by_name = true)"
+        present = {row[0] for row in con.execute(f"DESCRIBE SELECT * FROM {scan}").fetchall()}
+        cols = []
+        for fld in table.schema().fields:  # columns added by evolution after a file was written read as NULL
+            if fld.name in present:
+                cols.append(f'"{fld.name}"')
+            else:
+                cols.append(f'CAST(NULL AS {_duck_type(arrow_schema.field(fld.name).type)}) AS "{fld.name}"')
+        con.execute(f"CREATE OR REPLACE VIEW {target} AS SELECT {', '.join(cols)} FROM {scan}")
+        return snap
+
+    def sql(self, query: str, snapshots: Mapping[str, int] | None = None) -> pa.Table:
+        """Run a read-only SQL query; ``namespace.table`` names resolve to catalog tables (current snapshot,
+        or the one given in ``snapshots``)."""
+        check_read_only(query)
+        con = self.connect()
+        known = self.table_names()
+        used = referenced_tables(query, known)
+        for name in (snapshots or {}):
+            if name not in known:
+                raise QueryError(f"no table {name!r}; known: {', '.join(known)}")
+        for name in used:
+            self.register(con, name, (snapshots or {}).get(name))
+        try:
+            return con.execute(query).arrow()
+        except duckdb.Error as exc:
+            hint = "" if used else f" (tables: {', '.join(known)})"
+            raise QueryError(f"{type(exc).__name__}: {str(exc).splitlines()[0]}{hint}") from None
+
+
+_READ_ONLY = {"SELECT", "EXPLAIN"}
+
+
+def check_read_only(query: str) -> None:
+    try:
+        statements = duckdb.extract_statements(query)
+    except duckdb.Error as exc:
+        raise QueryError(f"SQL does not parse: {str(exc).splitlines()[0]}") from None
+    if not statements:
+        raise QueryError("no SQL statement given")
+    for stmt in statements:
+        kind = str(stmt.type).rsplit(".", 1)[-1]
+        if kind not in _READ_ONLY:
+            raise QueryError(f"liveml sql is read-only: a {kind} statement is refused. Tables are written by the "
+                             "pipelines (`liveml submit`, `liveml backfill`, `liveml training-set build`).")
+
+
+def referenced_tables(query: str, known: Iterable[str]) -> list[str]:
+    """Catalog tables named in ``query`` as ``ns.table`` (optionally double-quoted parts)."""
+    used = []
+    for name in known:
+        ns, short = name.split(".")
+        pattern = rf'(?<![\w."]){_ident(ns)}\s*\.\s*{_ident(short)}(?![\w"])'
+        if re.search(pattern, query, flags=re.IGNORECASE):
+            used.append(name)
+    return used
+
+
+def _local(path: str) -> str:
+    """``file:///x`` (how Iceberg records local files) as the plain path DuckDB opens; other schemes unchanged."""
+    if path.startswith("file:"):
+        from urllib.parse import unquote, urlparse
+
+        return unquote(urlparse(path).path)
+    return path
+
+
+def _ident(part: str) -> str:
+    return rf'(?:{re.escape(part)}|"{re.escape(part)}")'
+
+
+def _duck_type(t: pa.DataType) -> str:
+    if pa.types.is_timestamp(t):
+        return "TIMESTAMPTZ" if t.tz else "TIMESTAMP"
+    return {pa.string(): "VARCHAR", pa.large_string(): "VARCHAR", pa.int32(): "INTEGER", pa.int64(): "BIGINT",
+            pa.float64(): "DOUBLE", pa.float32(): "FLOAT", pa.bool_(): "BOOLEAN", pa.date32(): "DATE"}.get(t, "VARCHAR")

@@ -1,0 +1,205 @@
+"""Point-in-time-correct training sets, pinned to Iceberg snapshots.
+
+For every label (one per trip, at its decision time) the builder takes:
+
+- the request-time fields of the event the decision was made on (the trip's ``end`` event);
+- for each feature view, the latest feature row of the same entity with ``event_time <= decision_time``,
+  and NULL when that row is older than the view's TTL. Nothing after the decision time is ever used.
+
+It runs in DuckDB: the label, context and feature tables are Parquet files planned by pyiceberg at pinned
+snapshots (feature files pruned to the months the labels can reach), joined with ``ASOF LEFT JOIN``.
+DuckDB streams the files, spills sorts and joins to ``LIVEML_HOME/tmp/duckdb`` past its memory limit, and
+the result is written to ``training.<name>`` in batches, so neither side holds a whole table in Python.
+
+Every build records, in the output table's properties, the snapshot id of every input, the feature-spec
+version and the row counts (``liveml.lineage.<snapshot id>``), so it can be rebuilt bit for bit.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any, Callable, Mapping, Sequence
+
+import pyarrow as pa
+from pyiceberg.io.pyarrow import schema_to_pyarrow
+
+from iceberg_schemas.features import SPEC_VERSION, FeatureView
+from iceberg_schemas.registry import ensure_table
+from iceberg_schemas.training import TIPS, TrainingSetSpec
+from liveml.offline import OfflineStore, QueryError, _iso_ms
+
+FEATURE_SOURCES = {"stream": "features", "backfill": "backfill"}
+BATCH_ROWS = 250_000
+
+
+@dataclass
+class Inputs:
+    label_table: str
+    context_table: str
+    feature_tables: dict[str, str]  # view name -> table
+
+    def all(self) -> list[str]:
+        return [self.label_table, self.context_table, *self.feature_tables.values()]
+
+
+def _inputs(spec: TrainingSetSpec, views: Sequence[FeatureView], source: str, label_table: str | None) -> Inputs:
+    if source not in FEATURE_SOURCES:
+        raise QueryError(f"feature source {source!r} must be one of {sorted(FEATURE_SOURCES)}")
+    return Inputs(label_table or spec.label_table, spec.context_table,
+                  {v.name: f"{FEATURE_SOURCES[source]}.{v.name}" for v in views})
+
+
+def resolve_snapshots(store: OfflineStore, inputs: Inputs, as_of_snapshot: int | None = None,
+                      snapshot_ids: Mapping[str, int] | None = None) -> dict[str, int | None]:
+    """The snapshot each input is read at.
+
+    ``snapshot_ids`` pins each table exactly (a recorded lineage). ``as_of_snapshot`` pins the label table,
+    and every other input is read as it stood while that label snapshot was current (just before the label
+    table's next commit; now, if it still is current). Otherwise: current.
+    """
+    if snapshot_ids:
+        missing = [t for t in inputs.all() if t not in snapshot_ids]
+        if missing:
+            raise QueryError(f"snapshot_ids lacks {missing}; it must name every input: {inputs.all()}")
+        return {t: store.resolve_snapshot(store.table(t), snapshot_ids[t]) for t in inputs.all()}
+    labels = store.table(inputs.label_table)
+    label_snap = store.resolve_snapshot(labels, as_of_snapshot)
+    out: dict[str, int | None] = {inputs.label_table: label_snap}
+    at_ms = None
+    if as_of_snapshot and label_snap:  # the world while that label snapshot was the current one
+        later = [e.timestamp_ms for e in labels.metadata.snapshot_log
+                 if e.timestamp_ms > labels.snapshot_by_id(label_snap).timestamp_ms]
+        at_ms = min(later) - 1 if later else None
+    for name in inputs.all()[1:]:
+        table = store.table(name)
+        if at_ms is None:
+            out[name] = store.resolve_snapshot(table)
+        else:
+            log = [e for e in table.metadata.snapshot_log if e.timestamp_ms <= at_ms]
+            out[name] = log[-1].snapshot_id if log else None
+    return out
+
+
+def training_sql(spec: TrainingSetSpec, views: Sequence[FeatureView], spec_version: int = SPEC_VERSION,
+                 views_sql: Mapping[str, str] | None = None) -> str:
+    """The point-in-time join, over DuckDB views ``labels``, ``context`` and ``f_<view>``."""
+    keys = ", ".join(f'"{k}"' for k in spec.keys)
+    ctx = ", ".join(f'"{c}"' for c in spec.context_fields)
+    only = " AND ".join(f"\"{k}\" = '{v}'" for k, v in spec.context_only.items()) or "TRUE"
+    ctx_time = spec.context_source.time_field
+    known = set(spec.context_fields) | set(spec.keys)
+    for v in views:
+        if v.entity not in known:
+            raise QueryError(f"view {v.name}: entity {v.entity!r} is not a key or request field of "
+                             f"training set {spec.name}")
+    selects = [f'b."{k}"' for k in spec.keys] + [f'b."{spec.decision_time}"', f'b."{spec.label}"']
+    selects += [f'b."{c}"' for c in spec.context_fields]
+    joins = []
+    for i, v in enumerate(views):
+        alias = f"f{i}"
+        for name in v.feature_names():
+            selects.append(f'CASE WHEN {alias}.event_time >= b."{spec.decision_time}" - INTERVAL {v.ttl_s} SECOND '
+                           f'THEN {alias}."{name}" END AS "{name}"')
+        joins.append(f'ASOF LEFT JOIN f_{v.name} {alias} ON b."{v.entity}" = {alias}."{v.entity}" '
+                     f'AND b."{spec.decision_time}" >= {alias}.event_time')
+    ctx_cols = f", {ctx}" if ctx else ""
+    return f"""
+WITH spine AS (
+  SELECT {keys}, "{spec.decision_time}", "{spec.label}" FROM labels
+  WHERE "{spec.decision_time}" IS NOT NULL AND "{spec.label}" IS NOT NULL
+  QUALIFY row_number() OVER (PARTITION BY {keys} ORDER BY "{spec.label_time}" DESC, "{spec.label}") = 1
+),
+ctx AS (
+  SELECT {keys}{ctx_cols} FROM context WHERE {only}
+  QUALIFY row_number() OVER (PARTITION BY {keys} ORDER BY "{ctx_time}" DESC{ctx_cols}) = 1
+),
+b AS (SELECT spine.*{', ' + ', '.join(f'ctx."{c}"' for c in spec.context_fields) if ctx else ''}
+      FROM spine LEFT JOIN ctx USING ({keys}))
+SELECT {', '.join(selects)}
+FROM b
+{chr(10).join(joins)}
+ORDER BY b."{spec.decision_time}", {', '.join(f'b."{k}"' for k in spec.keys)}"""
+
+
+def build_training_set(store: OfflineStore, spec: TrainingSetSpec = TIPS, label_table: str | None = None,
+                       feature_views: Sequence[FeatureView] | None = None, as_of_snapshot: int | None = None,
+                       snapshot_ids: Mapping[str, int] | None = None, name: str | None = None,
+                       source: str = "stream", spec_version: int = SPEC_VERSION,
+                       progress: Callable[[int], None] | None = None) -> dict[str, Any]:
+    """Build ``training.<name>`` point in time correct; returns its lineage (also stored on the table)."""
+    t0 = time.monotonic()
+    views = list(feature_views or spec.feature_views)
+    inputs = _inputs(spec, views, source, label_table)
+    snaps = resolve_snapshots(store, inputs, as_of_snapshot, snapshot_ids)
+    con = store.connect()
+    store.register(con, inputs.label_table, snaps[inputs.label_table], view="labels")
+    lo, hi = con.execute(f'SELECT min("{spec.decision_time}"), max("{spec.decision_time}") FROM labels').fetchone()
+    ctx_where = f"{spec.context_source.time_field} <= '{hi.isoformat()}'" if hi else None
+    store.register(con, inputs.context_table, snaps[inputs.context_table], where=ctx_where, view="context")
+    for v in views:
+        table = inputs.feature_tables[v.name]
+        where = None
+        if lo is not None:  # prune the months no label can reach (TTL back from the first decision)
+            where = (f"event_time >= '{(lo - timedelta(seconds=v.ttl_s)).isoformat()}' "
+                     f"and event_time <= '{hi.isoformat()}'")
+        store.register(con, table, snaps[table], where=where, view=f"_{v.name}_all")
+        con.execute(f'CREATE VIEW f_{v.name} AS SELECT * FROM "_{v.name}_all" WHERE spec_version = {int(spec_version)}')
+
+    out_spec = spec.table_spec()
+    if name and name != spec.name:
+        from iceberg_schemas.tables import TableSpec
+
+        out_spec = TableSpec(out_spec.namespace, name, out_spec.schema, out_spec.partition_spec,
+                             out_spec.description, out_spec.properties)
+    ensure_table(store.catalog, out_spec)
+    table = store.catalog.load_table(out_spec.identifier)
+    arrow_schema = schema_to_pyarrow(table.schema())
+
+    reader = con.execute(training_sql(spec, views, spec_version)).fetch_record_batch(BATCH_ROWS)
+    rows = positives = 0
+    first = True
+    while True:
+        try:
+            batch = reader.read_next_batch()
+        except StopIteration:
+            break
+        chunk = pa.Table.from_batches([batch]).cast(arrow_schema)
+        if first:
+            table.overwrite(chunk)
+            first = False
+        else:
+            table.append(chunk)
+        rows += chunk.num_rows
+        positives += int(pa.compute.sum(chunk.column(spec.label).cast(pa.int64())).as_py() or 0)
+        if progress:
+            progress(rows)
+    if first:  # no labels: the build is an empty table, still a snapshot of its own
+        table.overwrite(arrow_schema.empty_table())
+    table = store.catalog.load_table(out_spec.identifier)
+    snap = table.current_snapshot()
+    lineage = {
+        "table": out_spec.identifier, "snapshot_id": snap.snapshot_id,
+        "snapshot_ids": {k: v for k, v in snaps.items()}, "rows": rows, "positives": positives,
+        "spec_version": spec_version, "training_set": spec.name, "feature_source": source,
+        "views": [v.name for v in views], "label": spec.label, "features": spec.feature_columns(),
+        "decision_range": [lo.isoformat() if lo else None, hi.isoformat() if hi else None],
+        "built_at": _iso_ms(int(time.time() * 1000)), "seconds": round(time.monotonic() - t0, 3),
+    }
+    encoded = json.dumps(lineage, sort_keys=True)
+    table.transaction().set_properties(**{"liveml.lineage": encoded,
+                                          f"liveml.lineage.{snap.snapshot_id}": encoded}).commit_transaction()
+    return lineage
+
+
+def lineage(store: OfflineStore, table_name: str, snapshot_id: int | None = None) -> dict[str, Any]:
+    """The lineage recorded by the build that produced ``snapshot_id`` of a training table (default: current)."""
+    table = store.table(table_name)
+    snap = store.resolve_snapshot(table, snapshot_id)
+    raw = table.properties.get(f"liveml.lineage.{snap}")
+    if raw is None:
+        raise QueryError(f"{table_name} snapshot {snap} has no recorded lineage: it was not written by "
+                         "`liveml training-set build`")
+    return json.loads(raw)
