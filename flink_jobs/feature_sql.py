@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from iceberg_schemas.features import SPEC_VERSION, Aggregation, FeatureView, window_seconds
 from iceberg_schemas.sources import FLINK_TYPES, EventField, EventSource
-from iceberg_schemas.tables import feature_table, table_spec
+from iceberg_schemas.tables import TableSpec, feature_table, table_spec
 from flink_jobs.common import kafka_source_options
 from liveml.config import LivemlConfig
 
@@ -191,36 +191,90 @@ def agg_expr(agg: Aggregation) -> str:
     }[agg.op]
 
 
-def feature_view_ddl(view: FeatureView, src: EventSource) -> str:
+def over_expr(agg: Aggregation, batch: bool = False) -> str:
+    """The aggregate over window ``w``.
+
+    Flink's batch planner has no DISTINCT in OVER windows, so in batch a distinct count is the size of the
+    distinct array of the window's values, less one if the window holds a NULL (COUNT DISTINCT skips NULLs).
+    The parity check (``liveml parity``) holds the two forms to the same results.
+    """
+    if batch and agg.op == "distinct":
+        f = q(agg.source_field)
+        return (f"CAST(CARDINALITY(ARRAY_DISTINCT(ARRAY_AGG({f}) OVER w)) AS BIGINT)"
+                f" - CASE WHEN COUNT({f}) OVER w < COUNT(*) OVER w THEN 1 ELSE 0 END")
+    return f"{agg_expr(agg)} OVER w"
+
+
+def feature_view_ddl(view: FeatureView, src: EventSource, batch: bool = False) -> str:
     """One row per source event, with every aggregate over the entity's events in ``[t - window, t]``.
 
     An event-time OVER window emits as soon as the watermark passes the event, so a feature reflects an
     event within the watermark delay, not at the end of a long window. Late events never reach it: they
     are filtered (and kept in the raw table), not dropped silently by the window operator.
+
+    ``batch`` is the backfill's dialect of the same view: the window is ordered by epoch milliseconds
+    (Flink 2.2's batch code generation fails on a RANGE interval over a timestamp) and distinct counts
+    take the form of :func:`over_expr`. Rows, filters, names and window bounds are the same.
     """
     window_seconds(view.window)
-    feats = ",\n  ".join(f"{agg_expr(a)} OVER w AS {q(n)}" for a, n in zip(view.aggregations, view.feature_names()))
+    feats = ",\n  ".join(f"{over_expr(a, batch)} AS {q(n)}"
+                         for a, n in zip(view.aggregations, view.feature_names()))
     where = [f"{q(view.entity)} IS NOT NULL", "NOT is_late"]
     where += [f"{q(name)} = '{value}'" for name, value in view.only.items()]
+    time_ms = q(column(src.field(src.time_field)))
+    order = (f"ORDER BY {time_ms} RANGE BETWEEN {view.window_s * 1000} PRECEDING AND CURRENT ROW" if batch else
+             f"ORDER BY event_time\n             RANGE BETWEEN {interval(view.window)} PRECEDING AND CURRENT ROW")
     return f"""CREATE TEMPORARY VIEW feat_{view.name} AS
 SELECT
   {q(view.entity)}, {q(src.id_field)} AS source_id, event_time,
-  {q(column(src.field(src.time_field)))} AS event_time_ms,
+  {time_ms} AS event_time_ms,
   {feats}
 FROM {src.name}_good
 WHERE {' AND '.join(where)}
-WINDOW w AS (PARTITION BY {q(view.entity)} ORDER BY event_time
-             RANGE BETWEEN {interval(view.window)} PRECEDING AND CURRENT ROW)"""
+WINDOW w AS (PARTITION BY {q(view.entity)} {order})"""
 
 
-def feature_iceberg_insert(view: FeatureView, catalog: str) -> str:
-    spec = feature_table(view)
+def epoch_ms_expr(ts: str) -> str:
+    """Epoch milliseconds of a TIMESTAMP_LTZ, independent of the session time zone."""
+    # TIMESTAMPDIFF returns INT: widen before multiplying, or 2013 overflows
+    return (f"(CAST(TIMESTAMPDIFF(SECOND, TO_TIMESTAMP_LTZ(0, 3), {ts}) AS BIGINT) * 1000"
+            f" + EXTRACT(MILLISECOND FROM {ts}))")
+
+
+def batch_source_view_ddl(src: EventSource, catalog: str, lo_ms: int, hi_ms: int) -> str:
+    """``<source>_good`` for a backfill: the source's raw Iceberg table, shaped like the stream's view
+    (parsed columns, ``event_time``, ``<time>_ms``, ``is_late``), over event times ``[lo_ms, hi_ms]``."""
+    spec = table_spec(src.raw_table)
+    cols = []
+    for f in src.fields:
+        if f.epoch_ms:
+            cols.append(f"{epoch_ms_expr(q(f.name))} AS {q(column(f))}")
+        else:
+            cols.append(q(f.name))
+    time_col = q(src.time_field)
+    return f"""CREATE TEMPORARY VIEW {src.name}_good AS
+SELECT
+  {', '.join(cols)},
+  {time_col} AS event_time, COALESCE(is_late, FALSE) AS is_late
+FROM {q(catalog)}.{q(spec.namespace)}.{q(spec.name)}
+WHERE {time_col} >= TO_TIMESTAMP_LTZ({int(lo_ms)}, 3) AND {time_col} <= TO_TIMESTAMP_LTZ({int(hi_ms)}, 3)"""
+
+
+def feature_iceberg_insert(view: FeatureView, catalog: str, table: TableSpec | None = None,
+                           overwrite: bool = False, since_ms: int | None = None) -> str:
+    """Feature rows into the view's Iceberg table (or ``table``: a backfill's), stamped with the spec version.
+
+    ``overwrite`` replaces the partitions the rows land in (Iceberg's dynamic overwrite); ``since_ms`` keeps
+    only rows from then on (a backfill reads a window's worth of earlier events to warm its windows up)."""
+    spec = table or feature_table(view)
     names = view.feature_names()
     cols = [view.entity, "event_time", "window_end", "spec_version", "computed_at", "source_id", *names]
     exprs = [q(view.entity), "CAST(event_time AS TIMESTAMP_LTZ(6))", "CAST(event_time AS TIMESTAMP_LTZ(6))",
              str(SPEC_VERSION), "CAST(CURRENT_TIMESTAMP AS TIMESTAMP_LTZ(6))", "source_id", *map(q, names)]
-    return (f"INSERT INTO {q(catalog)}.{q(spec.namespace)}.{q(spec.name)} ({', '.join(map(q, cols))})\n"
-            f"SELECT {', '.join(exprs)} FROM feat_{view.name}")
+    where = f"\nWHERE event_time_ms >= {int(since_ms)}" if since_ms is not None else ""
+    verb = "INSERT OVERWRITE" if overwrite else "INSERT INTO"
+    return (f"{verb} {q(catalog)}.{q(spec.namespace)}.{q(spec.name)} ({', '.join(map(q, cols))})\n"
+            f"SELECT {', '.join(exprs)} FROM feat_{view.name}{where}")
 
 
 def blackhole_ddl(name: str) -> str:

@@ -149,8 +149,25 @@ def feature_table(view: FeatureView) -> TableSpec:
                      {"liveml.owner": view.owner, "liveml.ttl-s": str(view.ttl_s), "liveml.window": view.window})
 
 
+BACKFILL_NAMESPACE = "backfill"
+
+
+def backfill_table(view: FeatureView) -> TableSpec:
+    """Where ``liveml backfill`` writes a view's recomputed rows: the feature table's schema, partitioned by
+    spec version as well as month, so a backfill overwrites only its own version's months and a recompute
+    with a new spec version leaves the old version's rows in place."""
+    stream = feature_table(view)
+    spec = PartitionSpec(
+        PartitionField(source_id=2, field_id=1000, transform=MonthTransform(), name="event_time_month"),
+        PartitionField(source_id=4, field_id=1001, transform=IdentityTransform(), name="spec_version"))
+    return TableSpec(BACKFILL_NAMESPACE, view.name, stream.schema, spec,
+                     f"{view.description} Recomputed from the raw tables by `liveml backfill`.",
+                     dict(stream.properties))
+
+
 TABLES: tuple[TableSpec, ...] = (RAW_TRIPS, LABELS, PREDICTIONS, PROOF_EVENTS,
-                                 *(feature_table(v) for v in FEATURE_VIEWS))
+                                 *(feature_table(v) for v in FEATURE_VIEWS),
+                                 *(backfill_table(v) for v in FEATURE_VIEWS))
 
 
 def table_spec(identifier: str) -> TableSpec:

@@ -22,6 +22,7 @@ from liveml.errors import LivemlError, PrerequisiteError, ServiceError
 JOBS: dict[str, str] = {
     "proof": "flink_jobs/proof_job.py",
     "features": "flink_jobs/features_job.py",
+    "backfill": "flink_jobs/backfill_job.py",
 }
 
 

@@ -103,3 +103,33 @@ def test_raw_tables_hold_every_source_field():
         cols = {f.name for f in table_spec(src.raw_table).schema.fields}
         assert {f.name for f in src.fields} <= cols
         assert {"ingest_time", "is_late"} <= cols
+
+
+def test_batch_dialect_orders_by_epoch_ms_and_counts_distinct_without_distinct():
+    from iceberg_schemas.features import view
+    from iceberg_schemas.sources import SOURCES
+
+    v = view("pickup_area_15m")
+    stream = fsql.feature_view_ddl(v, SOURCES[v.source])
+    batch = fsql.feature_view_ddl(v, SOURCES[v.source], batch=True)
+    assert "COUNT(DISTINCT `company`) OVER w" in stream and "DISTINCT `company`" not in batch
+    assert "ARRAY_DISTINCT(ARRAY_AGG(`company`) OVER w)" in batch
+    assert f"RANGE BETWEEN {v.window_s * 1000} PRECEDING" in batch and "INTERVAL" not in batch.split("WINDOW")[1]
+    # everything but the window clause and the distinct count is the stream's SQL, line for line
+    same = [l for l in stream.splitlines() if "OVER w" not in l and "RANGE" not in l and "ORDER BY" not in l]
+    assert all(l in batch for l in same)
+
+
+def test_epoch_ms_is_computed_in_bigint():
+    # TIMESTAMPDIFF returns INT: multiplying it by 1000 before widening overflows for any date after 1970-01-25
+    assert fsql.epoch_ms_expr("t").startswith("(CAST(TIMESTAMPDIFF(SECOND, TO_TIMESTAMP_LTZ(0, 3), t) AS BIGINT)")
+
+
+def test_backfill_insert_overwrites_only_from_its_start():
+    from iceberg_schemas.features import view
+    from iceberg_schemas.tables import backfill_table
+
+    v = view("pickup_area_1h")
+    sql = fsql.feature_iceberg_insert(v, "liveml", backfill_table(v), overwrite=True, since_ms=123)
+    assert sql.startswith("INSERT OVERWRITE `liveml`.`backfill`.`pickup_area_1h`")
+    assert sql.rstrip().endswith("WHERE event_time_ms >= 123")

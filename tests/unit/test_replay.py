@@ -119,3 +119,28 @@ def test_speedup_compresses_event_time(trips):
     rp.replay(events, FakeProducer(), speedup=3600.0, clock=clock, sleep=clock.sleep)
     span_s = (events[-1].time_ms - events[0].time_ms) / 1000
     assert clock.now == pytest.approx(span_s / 3600.0)
+
+
+def test_trip_tables_hold_what_the_events_carry():
+    """The column-wise bulk form equals the event form, field by field, on real trips."""
+    import pandas as pd
+
+    df = rp.load_trips().head(300)
+    events = rp.trip_events(df)
+    raw, labels = rp.trip_tables(df)
+    assert len(raw) == sum(e.topic == rp.TRIPS_TOPIC for e in events) and len(labels) == len(df)
+    by_key = {(e.value["trip_id"], e.value.get("event_type", "label")): e.value for e in events}
+    for row in raw.to_dict("records"):
+        ev = by_key[(row["trip_id"], row["event_type"])]
+        assert int(row["event_time"].value // 1_000_000) == ev["event_time"]
+        for k in ("pickup_community_area", "company", "payment_type", "fare", "trip_miles", "trip_seconds"):
+            want, got = ev.get(k), row[k]
+            if want is None:
+                assert got is None or pd.isna(got), (k, got)
+            else:
+                assert got == want, (k, got, want)
+    for row in labels.to_dict("records"):
+        ev = by_key[(row["trip_id"], "label")]
+        assert int(row["decision_time"].value // 1_000_000) == ev["decision_time"]
+        assert int(row["label_time"].value // 1_000_000) == ev["label_time"]
+        assert bool(row["big_tipper"]) == ev["big_tipper"] and row["company"] == ev["company"]
