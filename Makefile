@@ -28,6 +28,7 @@ test-e2e: setup
 bench: setup
 	$(BIN)/python bench/stack_startup.py
 	$(BIN)/python bench/feature_pipeline.py
+	$(BIN)/python bench/training_set.py
 
 down:
 	-@[ -x $(BIN)/liveml ] && $(BIN)/liveml down

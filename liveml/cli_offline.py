@@ -117,7 +117,7 @@ def training_set_group() -> None:
               help="Rebuild with the inputs a recorded build used, e.g. training.tips@123.")
 @click.option("--source", type=click.Choice(["stream", "backfill"]), default="stream", show_default=True,
               help="Feature rows written by the stream (features.*) or by a backfill (backfill.*).")
-@click.option("--memory-limit", default=None, help="DuckDB memory limit, e.g. 1GB (it spills past it).")
+@click.option("--memory-limit", default=None, help="DuckDB memory limit, e.g. 1GB (about 1 GB per million labels).")
 @click.option("--json", "as_json", is_flag=True)
 @click.pass_context
 def training_set_build(ctx, set_name, output, snapshot_id, snapshot_ids, from_lineage, source, memory_limit,

@@ -8,8 +8,10 @@ For every label (one per trip, at its decision time) the builder takes:
 
 It runs in DuckDB: the label, context and feature tables are Parquet files planned by pyiceberg at pinned
 snapshots (feature files pruned to the months the labels can reach), joined with ``ASOF LEFT JOIN``.
-DuckDB streams the files, spills sorts and joins to ``LIVEML_HOME/tmp/duckdb`` past its memory limit, and
-the result is written to ``training.<name>`` in batches, so neither side holds a whole table in Python.
+DuckDB reads only the columns it needs, straight from the files, and the result is written to
+``training.<name>`` in batches, so no table is ever loaded whole into Python. DuckDB's memory is capped by
+``memory_limit`` (its sorts spill to ``LIVEML_HOME/tmp/duckdb``); in DuckDB 0.10.3 the ASOF join itself does
+not spill, and a million labels needed about 1 GB (bench/training_set.py).
 
 Every build records, in the output table's properties, the snapshot id of every input, the feature-spec
 version and the row counts (``liveml.lineage.<snapshot id>``), so it can be rebuilt bit for bit.
@@ -23,6 +25,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any, Callable, Mapping, Sequence
 
+import duckdb
 import pyarrow as pa
 from pyiceberg.io.pyarrow import schema_to_pyarrow
 
@@ -158,7 +161,12 @@ def build_training_set(store: OfflineStore, spec: TrainingSetSpec = TIPS, label_
     table = store.catalog.load_table(out_spec.identifier)
     arrow_schema = schema_to_pyarrow(table.schema())
 
-    reader = con.execute(training_sql(spec, views, spec_version)).fetch_record_batch(BATCH_ROWS)
+    try:
+        reader = con.execute(training_sql(spec, views, spec_version)).fetch_record_batch(BATCH_ROWS)
+    except duckdb.OutOfMemoryException as exc:
+        raise QueryError(f"the build ran out of DuckDB memory ({str(exc).splitlines()[0]}); give it more with "
+                         "--memory-limit (about 1 GB per million labels: DuckDB 0.10's ASOF join does not "
+                         "spill to disk)") from None
     rows = positives = 0
     first = True
     while True:
