@@ -117,11 +117,13 @@ def training_set_group() -> None:
               help="Rebuild with the inputs a recorded build used, e.g. training.tips@123.")
 @click.option("--source", type=click.Choice(["stream", "backfill"]), default="stream", show_default=True,
               help="Feature rows written by the stream (features.*) or by a backfill (backfill.*).")
-@click.option("--memory-limit", default=None, help="DuckDB memory limit, e.g. 1GB (about 1 GB per million labels).")
+@click.option("--memory-limit", default=None, help="DuckDB memory limit, e.g. 512MB.")
+@click.option("--slice-rows", type=int, default=250_000, show_default=True,
+              help="Labels per time slice; DuckDB's memory follows the slice, not the table.")
 @click.option("--json", "as_json", is_flag=True)
 @click.pass_context
 def training_set_build(ctx, set_name, output, snapshot_id, snapshot_ids, from_lineage, source, memory_limit,
-                       as_json) -> None:
+                       slice_rows, as_json) -> None:
     """Join every label with the features as they stood at its decision time; record the input snapshots."""
     from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
@@ -149,7 +151,7 @@ def training_set_build(ctx, set_name, output, snapshot_id, snapshot_ids, from_li
                   disable=as_json or not sys.stderr.isatty()) as bar:
         task = bar.add_task(f"building training.{output or set_name}")
         result = build_training_set(store, spec, as_of_snapshot=snapshot_id, snapshot_ids=pins, name=output,
-                                    source=source,
+                                    source=source, slice_rows=slice_rows,
                                     progress=lambda n: bar.update(task, description=f"{n:,} rows written"))
 
     def render(r):

@@ -8,10 +8,11 @@ For every label (one per trip, at its decision time) the builder takes:
 
 It runs in DuckDB: the label, context and feature tables are Parquet files planned by pyiceberg at pinned
 snapshots (feature files pruned to the months the labels can reach), joined with ``ASOF LEFT JOIN``.
-DuckDB reads only the columns it needs, straight from the files, and the result is written to
-``training.<name>`` in batches, so no table is ever loaded whole into Python. DuckDB's memory is capped by
-``memory_limit`` (its sorts spill to ``LIVEML_HOME/tmp/duckdb``); in DuckDB 0.10.3 the ASOF join itself does
-not spill, and a million labels needed about 1 GB (bench/training_set.py).
+The labels are cut into decision-time slices (``slice_rows``, 250k by default, at quantiles), and each slice
+joins only the context and feature rows it can reach (files pruned by pyiceberg, rows filtered inside the
+Parquet scan), so memory follows the slice, not the table. That matters because DuckDB 0.10.3's ASOF join
+does not spill: one query over a million labels needed about 1 GB and failed under 512 MB, while the sliced
+build ran under 256 MB (bench/training_set.py). Results are written to ``training.<name>`` slice by slice.
 
 Every build records, in the output table's properties, the snapshot id of every input, the feature-spec
 version and the row counts (``liveml.lineage.<snapshot id>``), so it can be rebuilt bit for bit.
@@ -20,6 +21,7 @@ version and the row counts (``liveml.lineage.<snapshot id>``), so it can be rebu
 from __future__ import annotations
 
 import json
+import math
 import time
 from dataclasses import dataclass
 from datetime import timedelta
@@ -36,6 +38,8 @@ from liveml.offline import OfflineStore, QueryError, _iso_ms
 
 FEATURE_SOURCES = {"stream": "features", "backfill": "backfill"}
 BATCH_ROWS = 250_000
+SLICE_ROWS = 250_000
+CONTEXT_MARGIN = timedelta(days=1)  # a label's context event is at its decision time; the margin is slack
 
 
 @dataclass
@@ -86,9 +90,9 @@ def resolve_snapshots(store: OfflineStore, inputs: Inputs, as_of_snapshot: int |
     return out
 
 
-def training_sql(spec: TrainingSetSpec, views: Sequence[FeatureView], spec_version: int = SPEC_VERSION,
-                 views_sql: Mapping[str, str] | None = None) -> str:
-    """The point-in-time join, over DuckDB views ``labels``, ``context`` and ``f_<view>``."""
+def training_sql(spec: TrainingSetSpec, views: Sequence[FeatureView], spine_where: str = "TRUE") -> str:
+    """The point-in-time join, over DuckDB views ``labels``, ``context`` and ``f_<view>``, for the labels
+    ``spine_where`` selects (one time slice of the build)."""
     keys = ", ".join(f'"{k}"' for k in spec.keys)
     ctx = ", ".join(f'"{c}"' for c in spec.context_fields)
     only = " AND ".join(f"\"{k}\" = '{v}'" for k, v in spec.context_only.items()) or "TRUE"
@@ -112,7 +116,7 @@ def training_sql(spec: TrainingSetSpec, views: Sequence[FeatureView], spec_versi
     return f"""
 WITH spine AS (
   SELECT {keys}, "{spec.decision_time}", "{spec.label}" FROM labels
-  WHERE "{spec.decision_time}" IS NOT NULL AND "{spec.label}" IS NOT NULL
+  WHERE "{spec.decision_time}" IS NOT NULL AND "{spec.label}" IS NOT NULL AND ({spine_where})
   QUALIFY row_number() OVER (PARTITION BY {keys} ORDER BY "{spec.label_time}" DESC, "{spec.label}") = 1
 ),
 ctx AS (
@@ -127,29 +131,72 @@ FROM b
 ORDER BY b."{spec.decision_time}", {', '.join(f'b."{k}"' for k in spec.keys)}"""
 
 
+def _slices(con, spec: TrainingSetSpec, lo, hi, n: int, slice_rows: int) -> list[tuple[Any, Any, bool]]:
+    """``[(start, end, is_last)]`` covering ``[lo, hi]``: half-open, the last one closed; ties stay together."""
+    if lo is None:
+        return []
+    k = max(1, math.ceil(n / max(1, slice_rows)))
+    cuts = [lo]
+    if k > 1:
+        qs = ", ".join(f"{i / k:.6f}" for i in range(1, k))
+        found = con.execute(f'SELECT quantile_disc("{spec.decision_time}", [{qs}]) FROM labels '
+                            f'WHERE "{spec.decision_time}" IS NOT NULL').fetchone()[0]
+        cuts += [c for c in found if c > lo]
+    cuts = sorted(set(cuts))
+    bounds = cuts + [hi]
+    out = [(bounds[i], bounds[i + 1], False) for i in range(len(cuts) - 1)]
+    out.append((cuts[-1], hi, True))
+    return out
+
+
+def _batches(reader):
+    while True:
+        try:
+            yield reader.read_next_batch()
+        except StopIteration:
+            return
+
+
+def _slice_views(store: OfflineStore, con, spec: TrainingSetSpec, views: Sequence[FeatureView], inputs: Inputs,
+                 snaps: Mapping[str, int | None], a, b, spec_version: int, i: int) -> None:
+    """Point ``context`` and ``f_<view>`` at the rows labels in ``[a, b]`` can reach: files pruned by
+    pyiceberg, rows filtered by DuckDB inside the Parquet scan."""
+    t = spec.context_source.time_field
+    c_lo = (a - CONTEXT_MARGIN).isoformat()
+    store.register(con, inputs.context_table, snaps[inputs.context_table],
+                   where=f"{t} >= '{c_lo}' and {t} <= '{b.isoformat()}'", view=f"_context_{i}")
+    con.execute(f'CREATE OR REPLACE VIEW context AS SELECT * FROM _context_{i} '
+                f"WHERE \"{t}\" >= '{c_lo}' AND \"{t}\" <= '{b.isoformat()}'")
+    for v in views:
+        f_lo = (a - timedelta(seconds=v.ttl_s)).isoformat()
+        table = inputs.feature_tables[v.name]
+        store.register(con, table, snaps[table], view=f"_{v.name}_{i}",
+                       where=f"event_time >= '{f_lo}' and event_time <= '{b.isoformat()}'")
+        con.execute(f'CREATE OR REPLACE VIEW f_{v.name} AS SELECT * FROM "_{v.name}_{i}" '
+                    f"WHERE spec_version = {int(spec_version)} AND event_time >= '{f_lo}' "
+                    f"AND event_time <= '{b.isoformat()}'")
+
+
 def build_training_set(store: OfflineStore, spec: TrainingSetSpec = TIPS, label_table: str | None = None,
                        feature_views: Sequence[FeatureView] | None = None, as_of_snapshot: int | None = None,
                        snapshot_ids: Mapping[str, int] | None = None, name: str | None = None,
                        source: str = "stream", spec_version: int = SPEC_VERSION,
-                       progress: Callable[[int], None] | None = None) -> dict[str, Any]:
-    """Build ``training.<name>`` point in time correct; returns its lineage (also stored on the table)."""
+                       progress: Callable[[int], None] | None = None,
+                       slice_rows: int = SLICE_ROWS) -> dict[str, Any]:
+    """Build ``training.<name>`` point in time correct; returns its lineage (also stored on the table).
+
+    The labels are cut into time slices of about ``slice_rows`` (by decision-time quantiles), and each slice
+    joins only the context and feature rows it can reach, so DuckDB's memory follows the slice, not the table.
+    """
     t0 = time.monotonic()
     views = list(feature_views or spec.feature_views)
     inputs = _inputs(spec, views, source, label_table)
     snaps = resolve_snapshots(store, inputs, as_of_snapshot, snapshot_ids)
     con = store.connect()
     store.register(con, inputs.label_table, snaps[inputs.label_table], view="labels")
-    lo, hi = con.execute(f'SELECT min("{spec.decision_time}"), max("{spec.decision_time}") FROM labels').fetchone()
-    ctx_where = f"{spec.context_source.time_field} <= '{hi.isoformat()}'" if hi else None
-    store.register(con, inputs.context_table, snaps[inputs.context_table], where=ctx_where, view="context")
-    for v in views:
-        table = inputs.feature_tables[v.name]
-        where = None
-        if lo is not None:  # prune the months no label can reach (TTL back from the first decision)
-            where = (f"event_time >= '{(lo - timedelta(seconds=v.ttl_s)).isoformat()}' "
-                     f"and event_time <= '{hi.isoformat()}'")
-        store.register(con, table, snaps[table], where=where, view=f"_{v.name}_all")
-        con.execute(f'CREATE VIEW f_{v.name} AS SELECT * FROM "_{v.name}_all" WHERE spec_version = {int(spec_version)}')
+    lo, hi, n_labels = con.execute(f'SELECT min("{spec.decision_time}"), max("{spec.decision_time}"), count(*) '
+                                   f'FROM labels WHERE "{spec.decision_time}" IS NOT NULL').fetchone()
+    slices = _slices(con, spec, lo, hi, n_labels, slice_rows)
 
     out_spec = spec.table_spec()
     if name and name != spec.name:
@@ -161,29 +208,29 @@ def build_training_set(store: OfflineStore, spec: TrainingSetSpec = TIPS, label_
     table = store.catalog.load_table(out_spec.identifier)
     arrow_schema = schema_to_pyarrow(table.schema())
 
-    try:
-        reader = con.execute(training_sql(spec, views, spec_version)).fetch_record_batch(BATCH_ROWS)
-    except duckdb.OutOfMemoryException as exc:
-        raise QueryError(f"the build ran out of DuckDB memory ({str(exc).splitlines()[0]}); give it more with "
-                         "--memory-limit (about 1 GB per million labels: DuckDB 0.10's ASOF join does not "
-                         "spill to disk)") from None
     rows = positives = 0
     first = True
-    while True:
+    for i, (a, b, last) in enumerate(slices):
+        _slice_views(store, con, spec, views, inputs, snaps, a, b, spec_version, i)
+        spine_where = (f"\"{spec.decision_time}\" >= '{a.isoformat()}' AND \"{spec.decision_time}\" "
+                       f"{'<=' if last else '<'} '{b.isoformat()}'")
         try:
-            batch = reader.read_next_batch()
-        except StopIteration:
-            break
-        chunk = pa.Table.from_batches([batch]).cast(arrow_schema)
-        if first:
-            table.overwrite(chunk)
-            first = False
-        else:
-            table.append(chunk)
-        rows += chunk.num_rows
-        positives += int(pa.compute.sum(chunk.column(spec.label).cast(pa.int64())).as_py() or 0)
-        if progress:
-            progress(rows)
+            reader = con.execute(training_sql(spec, views, spine_where)).fetch_record_batch(BATCH_ROWS)
+            batches = list(_batches(reader))  # one slice's result: bounded by slice_rows
+        except duckdb.OutOfMemoryException as exc:
+            raise QueryError(f"the build ran out of DuckDB memory ({str(exc).splitlines()[0]}); give it more "
+                             "with --memory-limit, or cut it finer with --slice-rows") from None
+        for batch in batches:
+            chunk = pa.Table.from_batches([batch]).cast(arrow_schema)
+            if first:
+                table.overwrite(chunk)
+                first = False
+            else:
+                table.append(chunk)
+            rows += chunk.num_rows
+            positives += int(pa.compute.sum(chunk.column(spec.label).cast(pa.int64())).as_py() or 0)
+            if progress:
+                progress(rows)
     if first:  # no labels: the build is an empty table, still a snapshot of its own
         table.overwrite(arrow_schema.empty_table())
     table = store.catalog.load_table(out_spec.identifier)
@@ -191,7 +238,7 @@ def build_training_set(store: OfflineStore, spec: TrainingSetSpec = TIPS, label_
     lineage = {
         "table": out_spec.identifier, "snapshot_id": snap.snapshot_id,
         "snapshot_ids": {k: v for k, v in snaps.items()}, "rows": rows, "positives": positives,
-        "spec_version": spec_version, "training_set": spec.name, "feature_source": source,
+        "spec_version": spec_version, "training_set": spec.name, "slices": len(slices), "feature_source": source,
         "views": [v.name for v in views], "label": spec.label, "features": spec.feature_columns(),
         "decision_range": [lo.isoformat() if lo else None, hi.isoformat() if hi else None],
         "built_at": _iso_ms(int(time.time() * 1000)), "seconds": round(time.monotonic() - t0, 3),

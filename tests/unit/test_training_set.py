@@ -108,9 +108,11 @@ def test_only_earlier_values_within_ttl_are_used(tmp_path):
         assert got.loc[f"t{i}", "fare_avg_1h"] in (10 * i + 1.5,) or (i % 5 == 0)
 
 
-def test_equals_pandas_merge_asof(tmp_path):
+@pytest.mark.parametrize("slice_rows", [250_000, 17])
+def test_equals_pandas_merge_asof(tmp_path, slice_rows):
     store, labels, context, feats = _load(tmp_path, n=120, seed=11)
-    build_training_set(store, TIPS)
+    built = build_training_set(store, TIPS, slice_rows=slice_rows)
+    assert built["slices"] == (1 if slice_rows > 120 else 8)
     got = store.scan("training.tips").to_pandas().sort_values("trip_id").reset_index(drop=True)
     want = _reference(labels, context, feats)
     assert list(got.columns) == TIPS.columns()
