@@ -13,6 +13,8 @@ from rich.table import Table
 
 from liveml.cli import _cfg, _emit, console, main, out, tables
 
+TABLE_ROWS = 50
+
 
 def _records(arrow: pa.Table) -> list[dict[str, Any]]:
     rows = arrow.to_pylist()
@@ -58,8 +60,12 @@ def query(ctx, table, where, columns, snapshot_id, as_of, limit, fmt, as_json) -
 
     store = OfflineStore.from_config(_cfg(ctx))
     cols = [c.strip() for c in columns.split(",") if c.strip()] if columns else None
+    shown = _format(fmt, as_json)
+    if shown == "table" and limit is None:  # a terminal table of millions of rows helps nobody
+        limit = TABLE_ROWS
+        console.print(f"first {TABLE_ROWS} rows (--limit N for more, --format csv|json for all)", highlight=False)
     arrow = store.scan(table, where=where, columns=cols, snapshot_id=snapshot_id, as_of=as_of, limit=limit)
-    _print_arrow(arrow, _format(fmt, as_json))
+    _print_arrow(arrow, shown)
 
 
 @main.command()
