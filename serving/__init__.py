@@ -1,1 +1,12 @@
-"""Model serving speaking TF Serving's gRPC and REST API: filled in by the model-serving issue."""
+"""Model serving that speaks TF Serving's gRPC API, so any TF Serving client works against it unchanged.
+
+* ``models``: TF Serving's model config, version policies and labels; :class:`~serving.models.ModelManager`
+  loads versions from ``<base_path>/<version>/saved_model.pb``, warms them up, and unloads them once drained;
+* ``servable``: one loaded SavedModel version, its signatures callable on numpy arrays;
+* ``tensors``: TensorProto <-> numpy, with every check done before anything is allocated;
+* ``inference``: Predict / Classify / Regress / GetModelMetadata on a version (shared by gRPC, warmup, REST);
+* ``grpc_server``: the PredictionService and ModelService servicers, ``build_server`` and ``serve``;
+* ``testing``: a stand-in taxi tip model, exported in about a second, for tests.
+
+Nothing is imported here: TensorFlow is slow to import, and not every user of the package needs it.
+"""

@@ -1,0 +1,299 @@
+"""The gRPC server as a TF Serving client sees it: the real grpc.aio server on a free port, called with
+the stubs from tensorflow-serving-api."""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import threading
+import time
+from pathlib import Path
+
+import grpc
+import numpy as np
+import pytest
+import tensorflow as tf
+from prometheus_client import REGISTRY
+from tensorflow.core.framework import tensor_pb2, types_pb2
+from tensorflow_serving.apis import (classification_pb2, get_model_metadata_pb2, get_model_status_pb2,
+                                     model_management_pb2, model_service_pb2_grpc, predict_pb2,
+                                     prediction_service_pb2_grpc, regression_pb2)
+
+from serving.grpc_server import build_server, serve
+from serving.models import ModelConfig, ModelManager, VersionPolicy, configs_to_proto, single_model_config
+from serving.testing import EXAMPLES_SIGNATURE, export_standin_model, standin_example, standin_row
+
+pytestmark = pytest.mark.unit
+
+MAX_RECEIVE = 1 << 20
+LABELS = {"stable": 1, "canary": 2}
+
+
+class Running:
+    """The server on its own event loop thread, so tests can use the ordinary blocking stubs."""
+
+    def __init__(self, base: Path):
+        self.base = base
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.thread.start()
+        self.manager, self.server, self.port = self.call(self._start())
+        self.channel = grpc.insecure_channel(f"127.0.0.1:{self.port}")
+        self.predictions = prediction_service_pb2_grpc.PredictionServiceStub(self.channel)
+        self.models = model_service_pb2_grpc.ModelServiceStub(self.channel)
+
+    def config(self, labels: dict[str, int]):
+        return configs_to_proto([ModelConfig("tip", str(self.base), VersionPolicy("all"), labels)])
+
+    async def _start(self):
+        manager = ModelManager()
+        await manager.reload_config(self.config(LABELS))
+        server, port = build_server(manager, 0, host="127.0.0.1", max_receive_message_bytes=MAX_RECEIVE)
+        await server.start()
+        return manager, server, port
+
+    def call(self, coro):
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout=60)
+
+    def stop(self):
+        self.channel.close()
+        self.call(self.server.stop(0))
+        self.call(self.manager.close())
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(10)
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory):
+    base = tmp_path_factory.mktemp("models") / "tip"
+    for version in (1, 2):
+        export_standin_model(base, version, bias=float(version))
+    running = Running(base)
+    yield running
+    running.stop()
+
+
+def feature_tensors(rows: int = 2) -> dict[str, tensor_pb2.TensorProto]:
+    int64 = {"trip_seconds", "pickup_community_area"}
+    return {name: tf.make_tensor_proto([value] * rows, dtype=tf.int64 if name in int64 else None)
+            for name, value in standin_row().items()}
+
+
+def predict_request(version: int | None = None, label: str | None = None, signature: str = "",
+                    name: str = "tip", **overrides: tensor_pb2.TensorProto) -> predict_pb2.PredictRequest:
+    request = predict_pb2.PredictRequest()
+    request.model_spec.name = name
+    request.model_spec.signature_name = signature
+    if version is not None:
+        request.model_spec.version.value = version
+    if label is not None:
+        request.model_spec.version_label = label
+    for tensor_name, proto in {**feature_tensors(), **overrides}.items():
+        if proto is not None:
+            request.inputs[tensor_name].CopyFrom(proto)
+    return request
+
+
+def direct_probabilities(base: Path, version: int) -> np.ndarray:
+    signature = tf.saved_model.load(str(base / str(version))).signatures["serving_default"]
+    inputs = {name: tf.make_ndarray(proto) for name, proto in feature_tensors().items()}
+    return signature(**{k: tf.constant(v) for k, v in inputs.items()})["probabilities"].numpy()
+
+
+def error_of(call, request) -> grpc.RpcError:
+    with pytest.raises(grpc.RpcError) as err:
+        call(request, timeout=30)
+    return err.value
+
+
+def probabilities(response) -> np.ndarray:
+    return tf.make_ndarray(response.outputs["probabilities"])
+
+
+def test_predict_returns_what_the_saved_model_computes(served):
+    response = served.predictions.Predict(predict_request(), timeout=30)
+    assert response.model_spec.name == "tip"
+    assert response.model_spec.version.value == 2  # the latest
+    assert response.model_spec.signature_name == "serving_default"
+    assert np.array_equal(probabilities(response), direct_probabilities(served.base, 2))
+
+
+def test_predict_by_version_and_by_label(served):
+    by_version = served.predictions.Predict(predict_request(version=1), timeout=30)
+    by_label = served.predictions.Predict(predict_request(label="stable"), timeout=30)
+    assert by_version.model_spec.version.value == by_label.model_spec.version.value == 1
+    assert np.array_equal(probabilities(by_version), direct_probabilities(served.base, 1))
+    assert np.array_equal(probabilities(by_label), probabilities(by_version))
+    latest = served.predictions.Predict(predict_request(), timeout=30)
+    assert not np.allclose(probabilities(latest), probabilities(by_version))
+
+
+def test_output_filter(served):
+    request = predict_request()
+    request.output_filter.append("probabilities")
+    assert list(served.predictions.Predict(request, timeout=30).outputs) == ["probabilities"]
+    request.output_filter[:] = ["tip_amount"]
+    err = error_of(served.predictions.Predict, request)
+    assert err.code() == grpc.StatusCode.INVALID_ARGUMENT and "tip_amount" in err.details()
+
+
+def test_get_model_metadata_reports_signature_defs(served):
+    request = get_model_metadata_pb2.GetModelMetadataRequest(metadata_field=["signature_def"])
+    request.model_spec.name = "tip"
+    response = served.predictions.GetModelMetadata(request, timeout=30)
+    assert response.model_spec.version.value == 2
+    signatures = get_model_metadata_pb2.SignatureDefMap()
+    assert response.metadata["signature_def"].Unpack(signatures)
+    default = signatures.signature_def["serving_default"]
+    assert set(default.inputs) == set(standin_row())
+    assert default.inputs["fare"].dtype == types_pb2.DT_FLOAT
+    assert default.outputs["probabilities"].dtype == types_pb2.DT_FLOAT
+    assert set(signatures.signature_def[EXAMPLES_SIGNATURE].inputs) == {"examples"}
+
+
+def test_get_model_status(served):
+    request = get_model_status_pb2.GetModelStatusRequest()
+    request.model_spec.name = "tip"
+    response = served.models.GetModelStatus(request, timeout=30)
+    assert {(s.version, s.state) for s in response.model_version_status} == {
+        (1, get_model_status_pb2.ModelVersionStatus.AVAILABLE),
+        (2, get_model_status_pb2.ModelVersionStatus.AVAILABLE)}
+    request.model_spec.name = "nope"
+    assert error_of(served.models.GetModelStatus, request).code() == grpc.StatusCode.NOT_FOUND
+
+
+def test_reload_config_moves_a_label(served):
+    request = model_management_pb2.ReloadConfigRequest(config=served.config({"stable": 1, "canary": 1}))
+    try:
+        served.models.HandleReloadConfigRequest(request, timeout=60)
+        moved = served.predictions.Predict(predict_request(label="canary"), timeout=30)
+        assert moved.model_spec.version.value == 1
+        request = model_management_pb2.ReloadConfigRequest(config=served.config({"canary": 7}))
+        err = error_of(served.models.HandleReloadConfigRequest, request)
+        assert err.code() == grpc.StatusCode.FAILED_PRECONDITION and "version 7" in err.details()
+    finally:
+        served.models.HandleReloadConfigRequest(
+            model_management_pb2.ReloadConfigRequest(config=served.config(LABELS)), timeout=60)
+    assert served.predictions.Predict(predict_request(label="canary"), timeout=30).model_spec.version.value == 2
+
+
+@pytest.mark.parametrize("request_kwargs", [dict(name="nope"), dict(version=9)])
+def test_unknown_model_or_version_is_not_found(served, request_kwargs):
+    err = error_of(served.predictions.Predict, predict_request(**request_kwargs))
+    assert err.code() == grpc.StatusCode.NOT_FOUND
+    assert err.details().startswith("Servable not found for request:")
+
+
+@pytest.mark.parametrize("request_kwargs, message", [
+    (dict(label="nope"), "Unrecognized servable version label: nope"),
+    (dict(signature="nope"), 'Serving signature name: "nope" not found in signature def'),
+])
+def test_unknown_label_or_signature_is_invalid_argument_as_in_tf_serving(served, request_kwargs, message):
+    err = error_of(served.predictions.Predict, predict_request(**request_kwargs))
+    assert err.code() == grpc.StatusCode.INVALID_ARGUMENT and err.details() == message
+
+
+def test_wrong_dtype_or_missing_input_is_invalid_argument_naming_the_tensor(served):
+    err = error_of(served.predictions.Predict, predict_request(fare=tf.make_tensor_proto(["12.5", "3"])))
+    assert err.code() == grpc.StatusCode.INVALID_ARGUMENT and "'fare'" in err.details()
+    err = error_of(served.predictions.Predict, predict_request(company=None))
+    assert err.code() == grpc.StatusCode.INVALID_ARGUMENT and "company" in err.details()
+    err = error_of(served.predictions.Predict, predict_request(tip=tf.make_tensor_proto([1.0, 2.0])))
+    assert err.code() == grpc.StatusCode.INVALID_ARGUMENT and "tip" in err.details()
+    err = error_of(served.predictions.Predict, predict_request(fare=tf.make_tensor_proto([[1.0], [2.0]])))
+    assert err.code() == grpc.StatusCode.INVALID_ARGUMENT and "'fare'" in err.details()
+
+
+def malformed(dims: list[int], **content) -> tensor_pb2.TensorProto:
+    proto = tensor_pb2.TensorProto(dtype=types_pb2.DT_FLOAT, **content)
+    for size in dims:
+        proto.tensor_shape.dim.add(size=size)
+    return proto
+
+
+@pytest.mark.parametrize("proto", [
+    malformed([-1], float_val=[1.0]),
+    malformed([2], tensor_content=np.array([1.0, 2.0, 3.0], np.float32).tobytes()),
+    malformed([2], float_val=[1.0, 2.0, 3.0]),
+    malformed([1_000_000_000_000], float_val=[1.0]),
+    malformed([1 << 40, 1 << 40], tensor_content=b"\0" * 8),
+], ids=["negative-dim", "content-size", "too-many-values", "huge-fill", "huge-content"])
+def test_malformed_tensor_protos_are_invalid_and_the_server_keeps_answering(served, proto):
+    err = error_of(served.predictions.Predict, predict_request(fare=proto))
+    assert err.code() == grpc.StatusCode.INVALID_ARGUMENT and "'fare'" in err.details()
+    assert served.predictions.Predict(predict_request(), timeout=30).model_spec.version.value == 2
+
+
+def test_an_oversized_request_is_resource_exhausted(served):
+    big = tf.make_tensor_proto(["x" * (MAX_RECEIVE + 1), "y"])
+    err = error_of(served.predictions.Predict, predict_request(company=big))
+    assert err.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert served.predictions.Predict(predict_request(), timeout=30).model_spec.version.value == 2
+
+
+def test_classify_and_regress_take_tf_examples(served):
+    expected = direct_probabilities(served.base, 2)
+    request = classification_pb2.ClassificationRequest()
+    request.model_spec.name = "tip"
+    request.model_spec.signature_name = EXAMPLES_SIGNATURE
+    request.input.example_list.examples.extend([standin_example(), standin_example()])
+    response = served.predictions.Classify(request, timeout=30)
+    assert response.model_spec.version.value == 2
+    scores = [c.classes[0].score for c in response.result.classifications]
+    assert np.allclose(scores, expected)
+    regression = regression_pb2.RegressionRequest(model_spec=request.model_spec, input=request.input)
+    values = [r.value for r in served.predictions.Regress(regression, timeout=30).result.regressions]
+    assert np.allclose(values, expected)
+    request.model_spec.signature_name = "serving_default"  # takes features, not examples
+    assert error_of(served.predictions.Classify, request).code() == grpc.StatusCode.INVALID_ARGUMENT
+    request.model_spec.signature_name = EXAMPLES_SIGNATURE
+    request.input.example_list.Clear()
+    err = error_of(served.predictions.Classify, request)
+    assert err.code() == grpc.StatusCode.INVALID_ARGUMENT and "empty" in err.details()
+
+
+def test_serve_polls_for_new_versions_and_applies_the_artificial_delay(tmp_path):
+    base = tmp_path / "tip"
+    export_standin_model(base, 1)
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+    bound: list[int] = []
+    started = threading.Event()
+    task = asyncio.run_coroutine_threadsafe(
+        serve(single_model_config("tip", base), 0, host="127.0.0.1", poll_interval_s=0.2, delay_s=0.5,
+              started=lambda port: (bound.append(port), started.set())), loop)
+    try:
+        assert started.wait(60)
+        with grpc.insecure_channel(f"127.0.0.1:{bound[0]}") as channel:
+            stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
+            err = error_of(lambda r, timeout: stub.Predict(r, timeout=0.1), predict_request())
+            assert err.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+            begun = time.monotonic()
+            assert stub.Predict(predict_request(), timeout=30).model_spec.version.value == 1
+            assert time.monotonic() - begun >= 0.5
+            export_standin_model(base, 2, bias=2.0)
+            deadline = time.monotonic() + 30
+            while stub.Predict(predict_request(), timeout=30).model_spec.version.value != 2:
+                assert time.monotonic() < deadline, "version 2 was never picked up by polling"
+                time.sleep(0.2)
+    finally:
+        task.cancel()
+        try:
+            task.result(timeout=30)
+        except concurrent.futures.CancelledError:
+            pass
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(10)
+
+
+def test_requests_are_counted_with_tf_serving_metric_names(served):
+    def count(model: str, status: str) -> float:
+        labels = {"model_name": model, "API": "predict", "status": status}
+        return REGISTRY.get_sample_value("tensorflow_serving_request_count_total", labels) or 0.0
+
+    ok, missing = count("tip", "OK"), count("", "NOT_FOUND")
+    served.predictions.Predict(predict_request(), timeout=30)
+    error_of(served.predictions.Predict, predict_request(name="no-such-model"))
+    assert count("tip", "OK") == ok + 1
+    assert count("", "NOT_FOUND") == missing + 1  # unknown names share one label value
