@@ -24,6 +24,7 @@ from tensorflow_serving.apis import (get_model_status_pb2, model_management_pb2,
 from tensorflow_serving.config import model_server_config_pb2
 
 from serving import inference
+from serving.batching import Batcher, BatchingParameters
 from serving.errors import ServingError
 from serving.models import ModelManager
 
@@ -42,9 +43,10 @@ REQUEST_LATENCY = Histogram("tensorflow_serving_request_latency", "Request laten
 class _Handler:
     """Runs one RPC body, turning its errors into gRPC statuses and recording TF Serving's metrics."""
 
-    def __init__(self, manager: ModelManager, delay_s: float = 0.0):
+    def __init__(self, manager: ModelManager, delay_s: float = 0.0, batcher: Batcher | None = None):
         self.manager = manager
         self.delay_s = delay_s
+        self.batcher = batcher  # server-side batching of Predict; None: off, as TF Serving's default
 
     async def handle(self, api: str, spec: model_pb2.ModelSpec, context: grpc.aio.ServicerContext,
                      body: Callable[[], Awaitable[T]]) -> T:
@@ -70,7 +72,8 @@ class _Handler:
 class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer, _Handler):
     async def Predict(self, request, context):
         return await self.handle("predict", request.model_spec, context,
-                                 lambda: inference.predict(self.manager, request, self.delay_s))
+                                 lambda: inference.predict(self.manager, request, self.delay_s,
+                                                           batcher=self.batcher))
 
     async def Classify(self, request, context):
         return await self.handle("classify", request.model_spec, context,
@@ -101,13 +104,22 @@ class ModelServicer(model_service_pb2_grpc.ModelServiceServicer, _Handler):
 
 def build_server(manager: ModelManager, port: int, *, host: str = "0.0.0.0",
                  max_receive_message_bytes: int = DEFAULT_MAX_RECEIVE_BYTES,
-                 delay_s: float = 0.0) -> tuple[grpc.aio.Server, int]:
-    """A grpc.aio server (not started) serving ``manager``, and the port it bound (``port=0``: any free)."""
+                 delay_s: float = 0.0, batching: BatchingParameters | Batcher | None = None
+                 ) -> tuple[grpc.aio.Server, int]:
+    """A grpc.aio server (not started) serving ``manager``, and the port it bound (``port=0``: any free).
+
+    ``batching`` turns on server-side batching of Predict (TF Serving's ``--enable_batching``): a
+    ``BatchingParameters`` proto (a new :class:`~serving.batching.Batcher` is made; it lives as long as
+    the process), or a :class:`~serving.batching.Batcher` to share with a REST layer and close yourself.
+    The batcher in use (or None) is the returned server's ``batcher`` attribute.
+    """
+    batcher = Batcher(batching) if batching is not None and not isinstance(batching, Batcher) else batching
     server = grpc.aio.server(options=[("grpc.max_receive_message_length", max_receive_message_bytes),
                                       ("grpc.max_send_message_length", -1)])
     prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(
-        PredictionServicer(manager, delay_s), server)
+        PredictionServicer(manager, delay_s, batcher), server)
     model_service_pb2_grpc.add_ModelServiceServicer_to_server(ModelServicer(manager, delay_s), server)
+    server.batcher = batcher  # None without batching; serving.server hands it to the REST layer
     bound = server.add_insecure_port(f"{host}:{port}")
     if not bound:
         raise OSError(f"cannot listen on {host}:{port}")
@@ -117,16 +129,19 @@ def build_server(manager: ModelManager, port: int, *, host: str = "0.0.0.0",
 async def serve(config: model_server_config_pb2.ModelServerConfig, port: int = 8500, *,
                 host: str = "0.0.0.0", poll_interval_s: float = 1.0,
                 max_receive_message_bytes: int = DEFAULT_MAX_RECEIVE_BYTES, delay_s: float = 0.0,
-                started: Callable[[int], None] | None = None) -> None:
+                started: Callable[[int], None] | None = None,
+                batching: BatchingParameters | None = None) -> None:
     """Load ``config``'s models, then serve gRPC on ``port`` and poll the base paths until cancelled.
 
     Like ``tensorflow_model_server``, the port opens only once the initial models are loaded (their
-    labels checked); ``started(port)`` is called then.
+    labels checked); ``started(port)`` is called then. ``batching`` (TF Serving's ``BatchingParameters``,
+    e.g. from :func:`serving.batching.read_batching_parameters`) turns on batching of Predict.
     """
+    batcher = Batcher(batching) if batching is not None else None  # a bad one fails before any load
     manager = ModelManager()
     await manager.reload_config(config)
     server, bound = build_server(manager, port, host=host, max_receive_message_bytes=max_receive_message_bytes,
-                                 delay_s=delay_s)
+                                 delay_s=delay_s, batching=batcher)
     await server.start()
     log.info("serving %s on %s:%d", sorted(manager.configs), host, bound)
     if started:
@@ -137,4 +152,6 @@ async def serve(config: model_server_config_pb2.ModelServerConfig, port: int = 8
     finally:
         polling.cancel()
         await server.stop(grace=5)
+        if batcher is not None:
+            await batcher.close()
         await manager.close()

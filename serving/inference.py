@@ -29,6 +29,7 @@ from serving.servable import DEFAULT_SIGNATURE, Servable
 from serving.tensors import decode_inputs, encode_output
 
 if TYPE_CHECKING:
+    from serving.batching import Batcher
     from serving.models import ModelManager
 
 SIGNATURE_DEF_FIELD = "signature_def"
@@ -183,7 +184,10 @@ def replay_warmup(servable: Servable, path: str) -> int:
 # The async entry points: resolve the spec through the manager, run the handler in its inference threads.
 
 async def predict(manager: "ModelManager", request: predict_pb2.PredictRequest,
-                  delay_s: float = 0.0) -> predict_pb2.PredictResponse:
+                  delay_s: float = 0.0, *, batcher: "Batcher | None" = None) -> predict_pb2.PredictResponse:
+    """Predict on the version ``request`` names; through ``batcher`` (server-side batching) if given."""
+    if batcher is not None:
+        return await batcher.predict(manager, request, delay_s)
     return await manager.call(request.model_spec, lambda s: run_predict(s, request), delay_s=delay_s)
 
 

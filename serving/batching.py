@@ -1,0 +1,527 @@
+"""Server-side batching of Predict requests, as TF Serving's ``--enable_batching`` (off by default).
+
+Configuration is TF Serving's ``BatchingParameters`` text proto (``--batching_parameters_file``), e.g.::
+
+    max_batch_size { value: 32 }
+    batch_timeout_micros { value: 2000 }
+    max_enqueued_batches { value: 100 }
+    num_batch_threads { value: 2 }
+    allowed_batch_sizes: 8
+    allowed_batch_sizes: 32
+
+:func:`read_batching_parameters` parses and checks it; a bad file is INVALID_ARGUMENT naming the file and
+the line/field at fault, so the server fails at start-up. An omitted field takes TF Serving's default
+(``SharedBatchScheduler::QueueOptions`` / ``BasicBatchScheduler::Options``): ``max_batch_size`` 1000,
+``batch_timeout_micros`` 0, ``max_enqueued_batches`` 10, ``num_batch_threads`` the number of CPUs,
+``thread_pool_name`` ``batch_threads``. As TF Serving requires, ``allowed_batch_sizes`` (if any) must be
+increasing and end with ``max_batch_size``. ``tensorflow-serving-api`` does not ship the
+``session_bundle_config`` proto, so when it is absent an identical ``tensorflow.serving.BatchingParameters``
+(same field names and numbers, in a private descriptor pool) is built here.
+
+How a :class:`Batcher` works (TF Serving's shared batch scheduler and batching session):
+
+* Requests queue per (model version, signature, output filter, input dtypes and non-batch dims); a
+  request's size is the 0th dim of its inputs. Requests whose non-batch dims differ go to separate queues
+  (with ``pad_variable_length_inputs`` they share one and are padded to the largest, with each tensor's
+  first element, as TF Serving pads).
+* Each queue is a list of batches; new requests join the last (open) batch while it has room, otherwise
+  it is closed and a new one opened. When the queue already holds ``max_enqueued_batches`` batches the
+  request fails at once with UNAVAILABLE ("batch queue is full"), as TF Serving does. A batch being
+  processed no longer counts.
+* A batch is processed when it is full (``max_batch_size`` rows), closed, or ``batch_timeout_micros``
+  has passed since its first request, and one of the ``num_batch_threads`` batch threads is free (oldest
+  batch first, across all queues).
+* Processing concatenates the inputs along dim 0, pads up to the next ``allowed_batch_sizes`` entry
+  (repeating the first row), runs the signature ONCE, and gives each request its own rows of every
+  output. An error fails every request in the batch with the same status; so does an output whose 0th
+  dim is not the batch size (INTERNAL).
+* A request larger than ``max_batch_size`` is rejected with INVALID_ARGUMENT naming its size (TF
+  Serving's behaviour without ``enable_large_batch_splitting``; splitting is not supported and turning it
+  on fails at start-up).
+* A request that cannot be batched (a rank-0 input, inputs with different 0th dims, or 0 rows) runs on
+  its own, unbatched: the model then gives the same answer (or error) as without batching.
+* Every request holds its version checked out from the manager from arrival until its batch has run,
+  so a draining version is never unloaded while requests for it are queued or running; a caller that
+  gives up leaves the batch unaffected.
+
+Only Predict is batched; Classify and Regress stay unbatched. Batches run in the batcher's own pool of
+``num_batch_threads`` threads (TF Serving's batch threads), not in the manager's inference threads.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+import os
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
+
+import grpc
+import numpy as np
+from google.protobuf import descriptor_pb2, descriptor_pool, message_factory, text_format, wrappers_pb2
+from prometheus_client import Histogram
+from tensorflow_serving.apis import model_pb2, predict_pb2
+
+from serving.errors import ServingError, invalid_argument
+from serving.inference import response_spec
+from serving.servable import DEFAULT_SIGNATURE, Servable
+from serving.tensors import check_arrays, decode_inputs, encode_output
+
+if TYPE_CHECKING:
+    from serving.models import ModelManager, ModelVersion
+
+log = logging.getLogger(__name__)
+
+
+# -- the parameters proto -------------------------------------------------------------------------------
+
+def _build_batching_parameters_class() -> type:
+    """``tensorflow.serving.BatchingParameters`` (session_bundle_config.proto), in a private pool."""
+    pool = descriptor_pool.DescriptorPool()
+    pool.Add(descriptor_pb2.FileDescriptorProto.FromString(wrappers_pb2.DESCRIPTOR.serialized_pb))
+    file = descriptor_pb2.FileDescriptorProto(
+        name="tensorflow_serving/servables/tensorflow/session_bundle_config.proto",
+        package="tensorflow.serving", syntax="proto3", dependency=["google/protobuf/wrappers.proto"])
+    message = file.message_type.add(name="BatchingParameters")
+    F = descriptor_pb2.FieldDescriptorProto
+    for number, name, kind, type_name, label in [
+        (1, "max_batch_size", F.TYPE_MESSAGE, ".google.protobuf.Int64Value", F.LABEL_OPTIONAL),
+        (2, "batch_timeout_micros", F.TYPE_MESSAGE, ".google.protobuf.Int64Value", F.LABEL_OPTIONAL),
+        (3, "max_enqueued_batches", F.TYPE_MESSAGE, ".google.protobuf.Int64Value", F.LABEL_OPTIONAL),
+        (4, "num_batch_threads", F.TYPE_MESSAGE, ".google.protobuf.Int64Value", F.LABEL_OPTIONAL),
+        (5, "thread_pool_name", F.TYPE_MESSAGE, ".google.protobuf.StringValue", F.LABEL_OPTIONAL),
+        (6, "allowed_batch_sizes", F.TYPE_INT64, "", F.LABEL_REPEATED),
+        (7, "pad_variable_length_inputs", F.TYPE_BOOL, "", F.LABEL_OPTIONAL),
+        (8, "enable_large_batch_splitting", F.TYPE_MESSAGE, ".google.protobuf.BoolValue", F.LABEL_OPTIONAL),
+        (9, "max_execution_batch_size", F.TYPE_MESSAGE, ".google.protobuf.Int64Value", F.LABEL_OPTIONAL),
+    ]:
+        message.field.add(name=name, number=number, type=kind, label=label, json_name=name,
+                          **({"type_name": type_name} if type_name else {}))
+    pool.Add(file)
+    return message_factory.GetMessageClass(pool.FindMessageTypeByName("tensorflow.serving.BatchingParameters"))
+
+
+try:  # the real one, if a full tensorflow-serving package is installed
+    from tensorflow_serving.servables.tensorflow.session_bundle_config_pb2 import BatchingParameters
+except ImportError:  # tensorflow-serving-api ships only the APIs
+    BatchingParameters = _build_batching_parameters_class()
+
+# TF Serving's defaults for omitted fields (SharedBatchScheduler::QueueOptions, BasicBatchScheduler::Options).
+DEFAULT_MAX_BATCH_SIZE = 1000
+DEFAULT_BATCH_TIMEOUT_MICROS = 0
+DEFAULT_MAX_ENQUEUED_BATCHES = 10
+DEFAULT_THREAD_POOL_NAME = "batch_threads"
+
+
+@dataclass(frozen=True)
+class BatchingConfig:
+    """``BatchingParameters`` with TF Serving's defaults filled in, checked."""
+    max_batch_size: int = DEFAULT_MAX_BATCH_SIZE
+    batch_timeout_micros: int = DEFAULT_BATCH_TIMEOUT_MICROS
+    max_enqueued_batches: int = DEFAULT_MAX_ENQUEUED_BATCHES
+    num_batch_threads: int = field(default_factory=lambda: os.cpu_count() or 1)
+    thread_pool_name: str = DEFAULT_THREAD_POOL_NAME
+    allowed_batch_sizes: tuple[int, ...] = ()
+    pad_variable_length_inputs: bool = False
+
+    def __post_init__(self):
+        for name in ("max_batch_size", "max_enqueued_batches", "num_batch_threads"):
+            if getattr(self, name) < 1:
+                raise invalid_argument(f"batching parameter {name} must be >= 1, not {getattr(self, name)}")
+        if self.batch_timeout_micros < 0:
+            raise invalid_argument(f"batching parameter batch_timeout_micros must be >= 0, "
+                                   f"not {self.batch_timeout_micros}")
+        sizes = list(self.allowed_batch_sizes)
+        if sizes:
+            if sizes[0] < 1 or any(b <= a for a, b in zip(sizes, sizes[1:])):
+                raise invalid_argument(f"batching parameter allowed_batch_sizes must be positive and strictly "
+                                       f"increasing: {sizes}")
+            if sizes[-1] != self.max_batch_size:
+                raise invalid_argument(f"batching parameter allowed_batch_sizes: the last entry ({sizes[-1]}) "
+                                       f"must equal max_batch_size ({self.max_batch_size})")
+
+    @property
+    def batch_timeout_s(self) -> float:
+        return self.batch_timeout_micros / 1e6
+
+    @classmethod
+    def from_proto(cls, params: Any) -> "BatchingConfig":
+        def value(name: str, default):
+            return getattr(params, name).value if params.HasField(name) else default
+        if value("enable_large_batch_splitting", False):
+            raise invalid_argument("batching parameter enable_large_batch_splitting is not supported: requests "
+                                   "larger than max_batch_size are rejected")
+        kwargs = dict(max_batch_size=value("max_batch_size", DEFAULT_MAX_BATCH_SIZE),
+                      batch_timeout_micros=value("batch_timeout_micros", DEFAULT_BATCH_TIMEOUT_MICROS),
+                      max_enqueued_batches=value("max_enqueued_batches", DEFAULT_MAX_ENQUEUED_BATCHES),
+                      thread_pool_name=value("thread_pool_name", DEFAULT_THREAD_POOL_NAME),
+                      allowed_batch_sizes=tuple(params.allowed_batch_sizes),
+                      pad_variable_length_inputs=params.pad_variable_length_inputs)
+        if params.HasField("num_batch_threads"):
+            kwargs["num_batch_threads"] = params.num_batch_threads.value
+        return cls(**kwargs)
+
+
+def parse_batching_parameters(text: str, source: str = "batching parameters") -> Any:
+    """A ``BatchingParameters`` text proto, checked; INVALID_ARGUMENT naming ``source`` and what is wrong."""
+    try:
+        params = text_format.Parse(text, BatchingParameters())
+    except text_format.ParseError as exc:  # its message carries line:column and the field
+        raise invalid_argument(f"{source} is not a valid BatchingParameters text proto: {exc}") from exc
+    try:
+        BatchingConfig.from_proto(params)
+    except ServingError as exc:
+        raise invalid_argument(f"{source}: {exc.message}") from exc
+    return params
+
+
+def read_batching_parameters(path: str | Path) -> Any:
+    """``--batching_parameters_file``: the parsed, checked proto; INVALID_ARGUMENT naming the file if bad."""
+    try:
+        text = Path(path).read_text()
+    except OSError as exc:
+        raise invalid_argument(f"cannot read batching parameters file {path}: {exc}") from exc
+    return parse_batching_parameters(text, f"batching parameters file {path}")
+
+
+def default_parameters() -> Any:
+    """``--enable_batching`` without a parameters file: every field at TF Serving's default, and the model
+    server's thread pool name."""
+    params = BatchingParameters()
+    params.thread_pool_name.value = "model_server_batch_threads"
+    return params
+
+
+# -- metrics (defined once: prometheus_client refuses a second registration of a name) -------------------
+
+_SIZE_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, float("inf"))
+PROCESSED_BATCH_SIZE = Histogram(
+    "tensorflow_serving_batching_session_processed_batch_size",
+    "Batch sizes run by the model, padding included", ["model_name"], buckets=_SIZE_BUCKETS)
+INPUT_BATCH_SIZE = Histogram(
+    "tensorflow_serving_batching_session_input_batch_size",
+    "Batch sizes before padding (the rows the requests sent)", ["model_name"], buckets=_SIZE_BUCKETS)
+PADDING_SIZE = Histogram(
+    "tensorflow_serving_batching_session_padding_size",
+    "Rows of padding added to reach an allowed batch size", ["model_name"], buckets=(0,) + _SIZE_BUCKETS)
+QUEUING_LATENCY = Histogram(
+    "tensorflow_serving_batching_session_queuing_latency",
+    "Seconds a request waited in the batch queue before its batch started", ["model_name"],
+    buckets=(0.0001, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, float("inf")))
+
+
+# -- merging and splitting (pure numpy, run in the batch threads) -------------------------------------------
+
+def _pad_to(array: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    """``array`` padded at the end of each non-batch dim to ``shape``, with its first element (TF Serving)."""
+    if array.shape[1:] == shape:
+        return array
+    widths = [(0, 0)] + [(0, want - have) for have, want in zip(array.shape[1:], shape)]
+    anchor = array.flat[0] if array.size else np.zeros((), array.dtype)[()]
+    return np.pad(array, widths, mode="constant", constant_values=anchor) if array.dtype != object else \
+        _pad_object(array, widths, anchor)
+
+
+def _pad_object(array: np.ndarray, widths, anchor) -> np.ndarray:
+    out = np.empty([size + after for size, (_, after) in zip(array.shape, widths)], dtype=object)
+    out[...] = anchor
+    out[tuple(slice(0, size) for size in array.shape)] = array
+    return out
+
+
+def padded_batch_size(rows: int, allowed_batch_sizes: Sequence[int]) -> int:
+    """The smallest allowed batch size holding ``rows`` (``rows`` itself if none are configured)."""
+    for size in allowed_batch_sizes:
+        if size >= rows:
+            return size
+    return rows
+
+
+def merge_inputs(parts: Sequence[Mapping[str, np.ndarray]], allowed_batch_sizes: Sequence[int] = (),
+                 pad_variable_length: bool = False) -> tuple[dict[str, np.ndarray], int]:
+    """The requests' inputs concatenated along dim 0 and padded (first row repeated); the padded size."""
+    rows = sum(next(iter(p.values())).shape[0] for p in parts)
+    size = padded_batch_size(rows, allowed_batch_sizes)
+    merged = {}
+    for name in parts[0]:
+        arrays = [p[name] for p in parts]
+        if pad_variable_length:
+            shape = tuple(np.max([a.shape[1:] for a in arrays], axis=0)) if arrays[0].ndim > 1 else ()
+            arrays = [_pad_to(a, shape) for a in arrays]
+        if size > rows:
+            arrays.append(np.repeat(arrays[0][:1], size - rows, axis=0))
+        merged[name] = np.concatenate(arrays, axis=0)
+    return merged, size
+
+
+def split_outputs(outputs: Mapping[str, np.ndarray], sizes: Sequence[int],
+                  batch_size: int) -> list[dict[str, np.ndarray]]:
+    """Each request's rows of every output (padding rows dropped)."""
+    for name, array in outputs.items():
+        if array.ndim == 0 or array.shape[0] != batch_size:
+            raise ServingError(grpc.StatusCode.INTERNAL,
+                               f"Batched output tensor {name!r} has shape {list(array.shape)}; its 0th dimension "
+                               f"must equal the batch size {batch_size} to split it between requests")
+    results, start = [], 0
+    for size in sizes:
+        results.append({name: array[start:start + size] for name, array in outputs.items()})
+        start += size
+    return results
+
+
+# -- the scheduler ------------------------------------------------------------------------------------------
+
+@dataclass(eq=False)
+class _Task:
+    servable: Servable
+    signature: str
+    inputs: dict[str, np.ndarray]
+    output_filter: tuple[str, ...]
+    size: int
+    future: asyncio.Future
+    release: Callable[[], None]
+    enqueued: float = field(default_factory=time.monotonic)
+
+
+@dataclass(eq=False)
+class _Batch:
+    model: str
+    created: float  # loop time of the first task
+    tasks: list[_Task] = field(default_factory=list)
+    size: int = 0
+    closed: bool = False
+
+
+def _string_to_object(array: np.ndarray) -> np.ndarray:
+    return array.astype(object) if array.dtype.kind in "SU" else array
+
+
+class Batcher:
+    """Batches Predict requests (see the module docstring); one per server, shared by gRPC and REST.
+
+    ``Batcher(params)`` takes a ``BatchingParameters`` proto, a :class:`BatchingConfig`, or None (TF
+    Serving's defaults). Use it on the manager's event loop; ``close()`` ends its threads.
+    ``run_model(servable, signature, inputs, output_filter)`` runs one merged batch in a batch thread
+    (tests may replace it).
+    """
+
+    def __init__(self, params: Any = None):
+        config = params if isinstance(params, BatchingConfig) else \
+            BatchingConfig() if params is None else BatchingConfig.from_proto(params)
+        self.config = config
+        self._threads = ThreadPoolExecutor(config.num_batch_threads, thread_name_prefix=config.thread_pool_name)
+        self._queues: dict[tuple, collections.deque[_Batch]] = {}
+        self._running = 0
+        self._timer: asyncio.TimerHandle | None = None
+        self._batch_tasks: set[asyncio.Task] = set()
+        self.processed_batch_sizes: collections.Counter[int] = collections.Counter()  # rows before padding
+
+    async def close(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        self._threads.shutdown(wait=False, cancel_futures=True)
+
+    @staticmethod
+    def run_model(servable: Servable, signature: str, inputs: Mapping[str, np.ndarray],
+                  output_filter: Sequence[str]) -> dict[str, np.ndarray]:
+        return servable.run(signature, inputs, output_filter)
+
+    # -- entry points ---------------------------------------------------------------------------------------
+
+    async def predict(self, manager: "ModelManager", request: predict_pb2.PredictRequest,
+                      delay_s: float = 0.0) -> predict_pb2.PredictResponse:
+        """:func:`serving.inference.predict`, batched: same answers, same errors."""
+        version = manager.checkout(request.model_spec)
+        try:
+            if delay_s > 0:
+                await asyncio.sleep(delay_s)
+            servable = version.servable
+            signature = request.model_spec.signature_name or DEFAULT_SIGNATURE
+            inputs = await asyncio.to_thread(lambda: decode_inputs(request.inputs, servable.input_specs(signature)))
+        except BaseException:
+            manager.release(version)
+            raise
+        outputs = await self.submit(manager, version, signature, inputs, tuple(request.output_filter))
+
+        def respond() -> predict_pb2.PredictResponse:
+            response = predict_pb2.PredictResponse(model_spec=response_spec(servable, signature))
+            for name, array in outputs.items():
+                response.outputs[name].CopyFrom(encode_output(array))
+            return response
+        return await asyncio.to_thread(respond)
+
+    async def run(self, manager: "ModelManager", model_name: str, inputs: Mapping[str, np.ndarray], *,
+                  version: int | None = None, label: str | None = None, signature_name: str = DEFAULT_SIGNATURE,
+                  output_filter: Sequence[str] = ()) -> tuple[dict[str, np.ndarray], int]:
+        """:meth:`ModelManager.run`, batched (numpy in and out, for REST): the outputs and the version."""
+        spec = model_pb2.ModelSpec(name=model_name, signature_name=signature_name)
+        if version is not None and label is not None:
+            raise invalid_argument("give a version or a label, not both")
+        if version is not None:
+            spec.version.value = version
+        elif label is not None:
+            spec.version_label = label
+        checked_out = manager.checkout(spec)
+        try:
+            arrays = {name: _string_to_object(np.asarray(array)) for name, array in inputs.items()}
+            check_arrays(arrays, checked_out.servable.input_specs(signature_name))
+        except BaseException:
+            manager.release(checked_out)
+            raise
+        number = checked_out.servable.version
+        return await self.submit(manager, checked_out, signature_name, arrays, tuple(output_filter)), number
+
+    async def submit(self, manager: "ModelManager", version: "ModelVersion", signature: str,
+                     inputs: dict[str, np.ndarray], output_filter: tuple[str, ...]) -> dict[str, np.ndarray]:
+        """Run checked ``inputs`` on ``version`` (checked out by the caller; released here, once run)."""
+        loop = asyncio.get_running_loop()
+        released = False
+
+        def release() -> None:
+            nonlocal released
+            if not released:
+                released = True
+                manager.release(version)
+
+        try:
+            servable = version.servable
+            size = self._batch_size(inputs)
+            if size is None:  # not batchable: run it alone, as without batching
+                future = self._threads.submit(self.run_model, servable, signature, inputs, output_filter)
+            elif size > self.config.max_batch_size:
+                raise invalid_argument(f"Task size {size} is larger than maximum input batch size "
+                                       f"{self.config.max_batch_size}")
+            else:
+                task = _Task(servable, signature, inputs, output_filter, size, loop.create_future(), release)
+                self._enqueue(self._key(version, task), task)
+        except BaseException:
+            release()
+            raise
+        if size is None:  # released once the thread is done, even if the caller gives up first
+            future.add_done_callback(lambda _: loop.call_soon_threadsafe(release))
+            return await asyncio.wrap_future(future)
+        return await task.future  # a cancelled caller cancels only this future; the batch runs regardless
+
+    # -- queueing -------------------------------------------------------------------------------------------
+
+    @staticmethod
+    def _batch_size(inputs: Mapping[str, np.ndarray]) -> int | None:
+        sizes = {array.shape[0] if array.ndim else None for array in inputs.values()}
+        if len(sizes) != 1 or None in sizes or 0 in sizes:
+            return None
+        return sizes.pop()
+
+    def _key(self, version: "ModelVersion", task: _Task) -> tuple:
+        shapes = tuple(sorted(
+            (name, "string" if a.dtype.kind in "SUO" else a.dtype.str,
+             a.ndim if self.config.pad_variable_length_inputs else a.shape[1:])
+            for name, a in task.inputs.items()))
+        return version, task.signature, task.output_filter, shapes
+
+    def _enqueue(self, key: tuple, task: _Task) -> None:
+        loop = asyncio.get_running_loop()
+        queue = self._queues.setdefault(key, collections.deque())
+        last = queue[-1] if queue else None
+        if last is not None and not last.closed and last.size + task.size <= self.config.max_batch_size:
+            batch = last
+        else:
+            if len(queue) >= self.config.max_enqueued_batches:
+                if not queue:
+                    del self._queues[key]
+                raise ServingError(grpc.StatusCode.UNAVAILABLE,
+                                   "The batch scheduling queue to which this task was submitted is full "
+                                   "(batch queue is full)")
+            if last is not None:
+                last.closed = True
+            batch = _Batch(model=task.servable.name, created=loop.time())
+            queue.append(batch)
+        batch.tasks.append(task)
+        batch.size += task.size
+        if batch.size >= self.config.max_batch_size:
+            batch.closed = True
+        self._schedule()
+
+    def _schedule(self) -> None:
+        """Start every ready batch a thread is free for, oldest first; set a timer for the next one."""
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        timeout = self.config.batch_timeout_s
+        while self._running < self.config.num_batch_threads:
+            ready = [(queue[0].created, key) for key, queue in self._queues.items()
+                     if queue[0].closed or now >= queue[0].created + timeout]
+            if not ready:
+                break
+            _, key = min(ready, key=lambda entry: entry[0])
+            queue = self._queues[key]
+            batch = queue.popleft()
+            if not queue:
+                del self._queues[key]
+            self._running += 1
+            task = loop.create_task(self._run_batch(batch))
+            self._batch_tasks.add(task)
+            task.add_done_callback(self._batch_tasks.discard)
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if self._running < self.config.num_batch_threads and self._queues:
+            deadline = min(queue[0].created for queue in self._queues.values()) + timeout
+            self._timer = loop.call_at(deadline, self._on_timer)
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        self._schedule()
+
+    async def _run_batch(self, batch: _Batch) -> None:
+        tasks = []
+        try:
+            for task in batch.tasks:
+                if task.future.cancelled():  # its caller gave up while it was queued
+                    task.release()
+                else:
+                    tasks.append(task)
+            if not tasks:
+                return
+            now = time.monotonic()
+            for task in tasks:
+                QUEUING_LATENCY.labels(batch.model).observe(now - task.enqueued)
+            rows = sum(task.size for task in tasks)
+            padded = padded_batch_size(rows, self.config.allowed_batch_sizes)
+            INPUT_BATCH_SIZE.labels(batch.model).observe(rows)
+            PROCESSED_BATCH_SIZE.labels(batch.model).observe(padded)
+            PADDING_SIZE.labels(batch.model).observe(padded - rows)
+            self.processed_batch_sizes[rows] += 1
+            try:
+                results = await asyncio.get_running_loop().run_in_executor(self._threads, self._process, tasks)
+            except ServingError as exc:
+                code, message = exc.code, exc.message
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # a bug, not the client's fault: every request gets it, as INTERNAL
+                log.exception("batch of %d requests on model %r failed", len(tasks), batch.model)
+                code, message = grpc.StatusCode.INTERNAL, f"{type(exc).__name__}: {exc}"
+            else:
+                for task, result in zip(tasks, results):
+                    if not task.future.done():
+                        task.future.set_result(result)
+                return
+            for task in tasks:
+                if not task.future.done():
+                    task.future.set_exception(ServingError(code, message))
+        finally:
+            for task in tasks:
+                task.release()
+            self._running -= 1
+            self._schedule()
+
+    def _process(self, tasks: list[_Task]) -> list[dict[str, np.ndarray]]:
+        """In a batch thread: merge, pad, run once, split."""
+        first = tasks[0]
+        sizes = [task.size for task in tasks]
+        merged, batch_size = merge_inputs([task.inputs for task in tasks], self.config.allowed_batch_sizes,
+                                          self.config.pad_variable_length_inputs)
+        outputs = self.run_model(first.servable, first.signature, merged, first.output_filter)
+        return split_outputs(outputs, sizes, batch_size)
