@@ -83,13 +83,29 @@ def model_config(args: argparse.Namespace):
     return single_model_config(args.model_name or "default", args.model_base_path)
 
 
+def _monitoring_config_class() -> type:
+    """``tensorflow.serving.MonitoringConfig`` (monitoring_config.proto). tensorflow-serving-api ships only
+    the APIs, not the config protos, so it is declared here with TF Serving's names and field numbers."""
+    from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
+
+    F = descriptor_pb2.FieldDescriptorProto
+    file = descriptor_pb2.FileDescriptorProto(name="tensorflow_serving/config/monitoring_config.proto",
+                                              package="tensorflow.serving", syntax="proto3")
+    prom = file.message_type.add(name="PrometheusConfig")
+    prom.field.add(name="enable", number=1, type=F.TYPE_BOOL, label=F.LABEL_OPTIONAL, json_name="enable")
+    prom.field.add(name="path", number=2, type=F.TYPE_STRING, label=F.LABEL_OPTIONAL, json_name="path")
+    mon = file.message_type.add(name="MonitoringConfig")
+    mon.field.add(name="prometheus_config", number=1, type=F.TYPE_MESSAGE, label=F.LABEL_OPTIONAL,
+                  type_name=".tensorflow.serving.PrometheusConfig", json_name="prometheusConfig")
+    pool = descriptor_pool.DescriptorPool()
+    pool.Add(file)
+    return message_factory.GetMessageClass(pool.FindMessageTypeByName("tensorflow.serving.MonitoringConfig"))
+
+
 def metrics_path(args: argparse.Namespace) -> str | None:
     if not args.monitoring_config_file:
         return None
-    from tensorflow_serving.config import monitoring_config_pb2
-
-    cfg = _read_text_proto(args.monitoring_config_file, monitoring_config_pb2.MonitoringConfig(),
-                           "--monitoring_config_file")
+    cfg = _read_text_proto(args.monitoring_config_file, _monitoring_config_class()(), "--monitoring_config_file")
     if not cfg.prometheus_config.enable:
         return None
     return cfg.prometheus_config.path or DEFAULT_METRICS_PATH

@@ -19,10 +19,16 @@ def enabled(cfg: LivemlConfig) -> list[str]:
     return [n for n in DEFAULT_SERVICES if n != "postgres" or managed_pg]
 
 
-def resolve(cfg: LivemlConfig, names: Iterable[str] | None) -> list[str]:
+def default_up(cfg: LivemlConfig) -> list[str]:
+    """What a bare `liveml up` starts: every enabled service but those started only on request (serving)."""
+    return [n for n in enabled(cfg) if not getattr(SERVICES[n], "on_request", False)]
+
+
+def resolve(cfg: LivemlConfig, names: Iterable[str] | None, bare: str = "all") -> list[str]:
+    """Named services in dependency order; none named means ``enabled`` (down, status) or ``default_up``."""
     names = list(names or [])
     if not names:
-        return enabled(cfg)
+        return default_up(cfg) if bare == "up" else enabled(cfg)
     unknown = [n for n in names if n not in SERVICES]
     if unknown:
         raise LivemlError(f"unknown service(s) {unknown}; known: {enabled(cfg)}")
@@ -33,15 +39,15 @@ def resolve(cfg: LivemlConfig, names: Iterable[str] | None) -> list[str]:
     return [n for n in DEFAULT_SERVICES if n in names]  # always in dependency order
 
 
-def services(cfg: LivemlConfig, names: Iterable[str] | None = None) -> list[Service]:
-    return [SERVICES[n](cfg) for n in resolve(cfg, names)]
+def services(cfg: LivemlConfig, names: Iterable[str] | None = None, bare: str = "all") -> list[Service]:
+    return [SERVICES[n](cfg) for n in resolve(cfg, names, bare)]
 
 
 def up(cfg: LivemlConfig, names: Iterable[str] | None = None,
        on_progress: Callable[[str, str, float], None] | None = None) -> dict[str, dict]:
     cfg.home_path.mkdir(parents=True, exist_ok=True)
     result = {}
-    for svc in services(cfg, names):
+    for svc in services(cfg, names, bare="up"):
         t0 = time.monotonic()
         outcome = svc.start()
         took = time.monotonic() - t0

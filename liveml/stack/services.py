@@ -12,6 +12,7 @@ from liveml.stack.flink_cluster import FlinkService
 from liveml.stack.kafka import KafkaService
 from liveml.stack.prometheus import PrometheusService
 from liveml.stack.redis_server import RedisService
+from liveml.stack.serving import ServingService
 
 SERVICES: dict[str, type[Service]] = {
     "postgres": PostgresService,
@@ -20,7 +21,8 @@ SERVICES: dict[str, type[Service]] = {
     "redis": RedisService,
     "flink": FlinkService,
     "prometheus": PrometheusService,
+    "serving": ServingService,
 }
 
 __all__ = ["SERVICES", "Service", "CatalogService", "FlinkService", "KafkaService", "PostgresService",
-           "PrometheusService", "RedisService"]
+           "PrometheusService", "RedisService", "ServingService"]

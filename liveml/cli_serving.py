@@ -1,0 +1,259 @@
+"""`liveml serve|predict|models`: the model server, driven the way an operator drives TF Serving."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import click
+from rich.table import Table
+
+from liveml.cli import _cfg, _emit, console, main, out
+from liveml.config import LivemlConfig
+from liveml.errors import LivemlError, ServiceError
+
+
+@main.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
+@click.argument("flags", nargs=-1, type=click.UNPROCESSED)
+@click.pass_context
+def serve(ctx, flags) -> None:
+    """Run the model server in the foreground. Takes tensorflow_model_server's flags (--port,
+    --rest_api_port, --model_name, --model_base_path, --model_config_file, --enable_batching, ...);
+    without model flags it serves liveml.yaml's model config."""
+    from liveml.stack.serving import ensure_model_config
+    from serving.server import main as server_main
+
+    cfg = _cfg(ctx)
+    args = list(flags)
+    given = {a.split("=", 1)[0] for a in args if a.startswith("--")}
+    if not given & {"--model_config_file", "--model_base_path", "--model_name"}:
+        args.append(f"--model_config_file={ensure_model_config(cfg)}")
+    if "--port" not in given:
+        args.append(f"--port={cfg.serving.grpc.rsplit(':', 1)[1]}")
+    if "--rest_api_port" not in given:
+        args.append(f"--rest_api_port={cfg.serving.rest.rsplit(':', 1)[1]}")
+    sys.exit(server_main(args))
+
+
+def _run(coro):
+    import grpc
+
+    try:
+        return asyncio.run(coro)
+    except grpc.aio.AioRpcError as exc:
+        if exc.code() == grpc.StatusCode.UNAVAILABLE:
+            raise ServiceError(f"the model server is not reachable ({exc.details()}): run `liveml up serving`") from None
+        raise LivemlError(f"{exc.code().name}: {exc.details()}") from None
+
+
+@main.command()
+@click.option("--model", default=None, help="Model name (default: serving.model_name).")
+@click.option("--version", "version", type=int, default=None)
+@click.option("--label", default=None, help="Version label, e.g. stable or canary.")
+@click.option("--signature", default="serving_default", show_default=True)
+@click.option("--json", "features_json", required=True, metavar="JSON",
+              help='Raw features: {"fare": 12.5, ...}, one value or a list per input. The answer is JSON too.')
+@click.option("--timeout", type=float, default=5.0, show_default=True, help="Deadline in seconds.")
+@click.pass_context
+def predict(ctx, model, version, label, signature, features_json, timeout) -> None:
+    """Call Predict on the model server (gRPC) with raw features; prints the outputs and the version as JSON."""
+    from serving.client import PredictionClient
+
+    cfg = _cfg(ctx)
+    try:
+        features = json.loads(features_json)
+    except json.JSONDecodeError as exc:
+        raise LivemlError(f"--json is not JSON: {exc}") from None
+
+    async def call():
+        async with PredictionClient(cfg.serving.grpc, timeout_s=timeout) as client:
+            return await client.predict(features, model=model or cfg.serving.model_name, version=version,
+                                        label=label, signature=signature)
+
+    try:
+        r = _run(call())
+    except (ValueError, KeyError) as exc:
+        raise LivemlError(str(exc)) from None
+    data = {"model": r.model, "version": r.version, "signature": r.signature, "latency_ms": round(r.latency_ms, 3),
+            "outputs": {k: v.tolist() for k, v in r.outputs.items()}}
+    click.echo(json.dumps(data, indent=2, default=str))
+
+
+# --- models: versions on disk, what serves, labels ------------------------------------------------------
+def _history_path(cfg: LivemlConfig) -> Path:
+    return cfg.path("serving", "label_history.json")
+
+
+def _load_history(cfg: LivemlConfig) -> dict[str, list[int]]:
+    path = _history_path(cfg)
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def _model_config(cfg: LivemlConfig):
+    from liveml.stack.serving import ensure_model_config
+    from serving.models import read_model_config
+
+    return read_model_config(ensure_model_config(cfg))
+
+
+def _find(config, name: str):
+    for m in config.model_config_list.config:
+        if m.name == name:
+            return m
+    raise LivemlError(f"model {name!r} is not in the server's model config (<home>/serving/models.config); "
+                      f"models: {[m.name for m in config.model_config_list.config]}")
+
+
+async def _wait_available(client, model: str, version: int, timeout_s: float = 120.0) -> None:
+    from tensorflow_serving.apis import get_model_status_pb2
+
+    deadline = time.monotonic() + timeout_s
+    state = None
+    while time.monotonic() < deadline:
+        try:
+            status = await client.status(model, version=version)
+            st = status.model_version_status[0]
+            state = get_model_status_pb2.ModelVersionStatus.State.Name(st.state)
+            if state == "AVAILABLE":
+                return
+            if state == "END" and st.status.error_code:
+                raise LivemlError(f"version {version} of {model} failed to load: {st.status.error_message}")
+        except Exception as exc:  # NOT_FOUND while the server has not polled it yet
+            if isinstance(exc, LivemlError):
+                raise
+        await asyncio.sleep(0.5)
+    raise LivemlError(f"version {version} of {model} did not become AVAILABLE in {timeout_s:.0f} s (last: {state})")
+
+
+def set_label(cfg: LivemlConfig, model: str, label: str, version: int, record: bool = True) -> dict[str, Any]:
+    """Point ``label`` at ``version`` the TF Serving way: serve the version (a specific-versions policy),
+    wait until it is AVAILABLE, then move the label, each through HandleReloadConfigRequest."""
+    from liveml.stack.serving import model_config_path
+    from serving.client import PredictionClient
+    from serving.models import versions_on_disk
+
+    config = _model_config(cfg)
+    entry = _find(config, model)
+    on_disk = versions_on_disk(entry.base_path)
+    if version not in on_disk:
+        raise LivemlError(f"{model} has no version {version} under {entry.base_path}; versions: {on_disk}")
+    labels = dict(entry.version_labels)
+    keep = sorted(set(labels.values()) | {version} | ({max(on_disk)} if on_disk else set()))
+    entry.model_version_policy.Clear()
+    entry.model_version_policy.specific.versions.extend(keep)
+
+    async def apply():
+        async with PredictionClient(cfg.serving.grpc, timeout_s=10.0) as client:
+            await _check(await client.reload_config(config))
+            await _wait_available(client, model, version)
+            entry.version_labels[label] = version
+            await _check(await client.reload_config(config))
+
+    _run(apply())
+    from google.protobuf import text_format
+
+    model_config_path(cfg).write_text(text_format.MessageToString(config))
+    history = _load_history(cfg)
+    if record:
+        history.setdefault(f"{model}/{label}", []).append(version)
+        _history_path(cfg).write_text(json.dumps(history, indent=2))
+    return {"model": model, "label": label, "version": version, "serving_versions": keep,
+            "history": history.get(f"{model}/{label}", [])}
+
+
+async def _check(resp) -> None:
+    if resp.status.error_code:
+        import grpc
+
+        code = next(c for c in grpc.StatusCode if c.value[0] == resp.status.error_code)
+        raise LivemlError(f"the server refused the config ({code.name}): {resp.status.error_message}")
+
+
+@main.group()
+def models() -> None:
+    """Model versions under the base path, what serves them, and their labels."""
+
+
+@models.command("list")
+@click.option("--model", default=None)
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+def models_list(ctx, model, as_json) -> None:
+    """Every version on disk: state on the server, labels, and the metrics and lineage the pusher wrote."""
+    from serving.client import PredictionClient
+    from serving.models import versions_on_disk
+
+    cfg = _cfg(ctx)
+    config = _model_config(cfg)
+    rows = []
+    for entry in config.model_config_list.config:
+        if model and entry.name != model:
+            continue
+        states: dict[int, str] = {}
+
+        async def fetch():
+            from tensorflow_serving.apis import get_model_status_pb2
+
+            async with PredictionClient(cfg.serving.grpc, timeout_s=3.0) as client:
+                status = await client.status(entry.name)
+                for st in status.model_version_status:
+                    states[st.version] = get_model_status_pb2.ModelVersionStatus.State.Name(st.state)
+
+        try:
+            _run(fetch())
+        except LivemlError:
+            pass  # server down or model not loaded: versions still listed, state unknown
+        labels = dict(entry.version_labels)
+        for v in versions_on_disk(entry.base_path):
+            vdir = Path(entry.base_path) / str(v)
+            lineage = json.loads((vdir / "lineage.json").read_text()) if (vdir / "lineage.json").is_file() else {}
+            rows.append({"name": entry.name, "version": v, "labels": sorted(k for k, x in labels.items() if x == v),
+                         "state": states.get(v, "NOT_LOADED"), "metrics": lineage.get("metrics", {}),
+                         "lineage": lineage, "path": str(vdir)})
+
+    def render(rs):
+        t = Table("model", "version", "labels", "state", "auc")
+        for r in rs:
+            t.add_row(r["name"], str(r["version"]), ",".join(r["labels"]), r["state"],
+                      str(r["metrics"].get("auc", "")))
+        out.print(t)
+
+    _emit(rows, as_json, render)
+
+
+@models.command("promote")
+@click.argument("version", type=int)
+@click.option("--label", default="stable", show_default=True)
+@click.option("--model", default=None)
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+def models_promote(ctx, version, label, model, as_json) -> None:
+    """Point LABEL at VERSION on the running server (HandleReloadConfigRequest), and remember the move."""
+    cfg = _cfg(ctx)
+    result = set_label(cfg, model or cfg.serving.model_name, label, version)
+    _emit(result, as_json, lambda r: console.print(f"{r['model']}: {r['label']} -> version {r['version']}"))
+
+
+@models.command("rollback")
+@click.option("--label", default="stable", show_default=True)
+@click.option("--model", default=None)
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+def models_rollback(ctx, label, model, as_json) -> None:
+    """Point LABEL back at the version it named before the last promote."""
+    cfg = _cfg(ctx)
+    name = model or cfg.serving.model_name
+    history = _load_history(cfg)
+    moves = history.get(f"{name}/{label}", [])
+    if len(moves) < 2:
+        raise LivemlError(f"nothing to roll back: {name}/{label} has been promoted {len(moves)} time(s)")
+    previous = moves[-2]
+    result = set_label(cfg, name, label, previous, record=False)
+    history[f"{name}/{label}"] = moves[:-1]
+    _history_path(cfg).write_text(json.dumps(history, indent=2))
+    result["history"] = moves[:-1]
+    _emit(result, as_json, lambda r: console.print(f"{r['model']}: {r['label']} rolled back to version {r['version']}"))
