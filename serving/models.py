@@ -35,6 +35,7 @@ from typing import Callable, Iterable, Mapping, Sequence, TypeVar
 import grpc
 import numpy as np
 from google.protobuf import text_format
+from prometheus_client import Counter, Gauge
 from tensorflow_serving.apis import get_model_status_pb2, model_pb2
 from tensorflow_serving.config import file_system_storage_path_source_pb2, model_server_config_pb2
 
@@ -44,6 +45,12 @@ from serving.servable import DEFAULT_SIGNATURE, Servable
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+
+# TensorFlow's own name for SavedModel loads (":tensorflow:cc:saved_model:load_attempt_count"), and the
+# versions each model has AVAILABLE (TF Serving has no single metric for it; one gauge per model).
+LOAD_ATTEMPTS = Counter("tensorflow_cc_saved_model_load_attempt_count", "SavedModel loads, by model and outcome",
+                        ["model_name", "status"])
+LOADED_VERSIONS = Gauge("tensorflow_serving_loaded_versions", "Versions AVAILABLE for inference", ["model_name"])
 
 WARMUP_FILE = Path("assets.extra") / "tf_serving_warmup_requests"
 ServableVersionPolicy = file_system_storage_path_source_pb2.FileSystemStoragePathSourceConfig.ServableVersionPolicy
@@ -317,10 +324,17 @@ class ModelManager:
             version.error = ServingError(code, f"Failed to load servable {name} version {number} from {path}: "
                                                f"{detail}")
             log.error("%s", version.error.message)
+            LOAD_ATTEMPTS.labels(name, "error").inc()
             return version
         version.state = VersionState.AVAILABLE
+        LOAD_ATTEMPTS.labels(name, "success").inc()
+        self._count_available(name)
         log.info("model %s version %d is available", name, number)
         return version
+
+    def _count_available(self, name: str) -> None:
+        LOADED_VERSIONS.labels(name).set(sum(v.state == VersionState.AVAILABLE
+                                             for v in self._versions.get(name, {}).values()))
 
     def _load_servable(self, name: str, number: int, path: Path) -> Servable:
         servable = Servable.load(name, number, path)
@@ -334,6 +348,7 @@ class ModelManager:
         if version.state != VersionState.AVAILABLE:
             return
         version.state = VersionState.UNLOADING
+        self._count_available(version.model)
         task = asyncio.get_running_loop().create_task(self._unload(version))
         self._unloads.add(task)
         task.add_done_callback(self._unloads.discard)

@@ -36,6 +36,9 @@ class PrometheusService(Service):
                                                                       for port in range(lo, hi + 1)]}]},
                 {"job_name": "liveml", "static_configs": [{"targets": [
                     f"localhost:{p.metrics_base_port + i}" for i in range(10)]}]},
+                # the model server's metrics, on its REST port at TF Serving's monitoring path
+                {"job_name": "serving", "metrics_path": "/monitoring/prometheus/metrics",
+                 "static_configs": [{"targets": [self.cfg.serving.rest]}]},
             ],
         }
         path = self.cfg.path("prometheus", "prometheus.yml")

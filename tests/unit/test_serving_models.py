@@ -9,6 +9,7 @@ from pathlib import Path
 import grpc
 import numpy as np
 import pytest
+from prometheus_client import REGISTRY
 import tensorflow as tf
 from tensorflow_serving.apis import model_pb2, predict_pb2, prediction_log_pb2
 
@@ -125,10 +126,12 @@ def test_a_removed_version_directory_is_unloaded(exported, tmp_path):
         manager = ModelManager()
         await manager.reload_config([ModelConfig("tip", str(base), VersionPolicy("all"))])
         assert states(manager) == {1: VersionState.AVAILABLE, 2: VersionState.AVAILABLE}
+        assert REGISTRY.get_sample_value("tensorflow_serving_loaded_versions", {"model_name": "tip"}) == 2
         shutil.rmtree(base / "1")
         await manager.poll()
         await manager.wait_unloaded()
         assert states(manager) == {2: VersionState.AVAILABLE, 1: VersionState.END}
+        assert REGISTRY.get_sample_value("tensorflow_serving_loaded_versions", {"model_name": "tip"}) == 1
         await manager.close()
     run(scenario())
 

@@ -187,6 +187,27 @@ def test_label_on_a_version_that_is_not_served_is_refused(deployed):
     assert predictions.Predict(predict_req(label="canary"), timeout=10).model_spec.version.value == 2
 
 
+def test_version_policies_latest_and_specific(deployed):
+    def latest(n):
+        cfg = config(deployed)
+        cfg.model_config_list.config[0].model_version_policy.latest.num_versions = n
+        return cfg
+
+    on_disk = sorted(int(p.name) for p in deployed.model_path().iterdir() if p.name.isdigit())
+    assert reload(deployed, latest(1)).status.error_code == 0  # labels dropped: they would name unserved versions
+    wait_for(lambda: {v for v, s in states(deployed).items() if s == AVAILABLE} == {on_disk[-1]}, what="latest 1")
+    assert reload(deployed, config(deployed, versions=[1])).status.error_code == 0
+    wait_for(lambda: {v for v, s in states(deployed).items() if s == AVAILABLE} == {1}, what="specific [1]")
+    predictions, _ = stubs(deployed)
+    assert predictions.Predict(predict_req(), timeout=10).model_spec.version.value == 1  # latest served
+    assert reload(deployed, latest(2)).status.error_code == 0
+    wait_for(lambda: {v for v, s in states(deployed).items() if s == AVAILABLE} == set(on_disk[-2:]), what="latest 2")
+    # back to what the other tests expect: all versions, stable=1, canary=2
+    assert reload(deployed, config(deployed, versions="all")).status.error_code == 0
+    wait_for(lambda: all(states(deployed).get(v) == AVAILABLE for v in on_disk), what="all versions")
+    assert reload(deployed, config(deployed, versions="all", labels={"stable": 1, "canary": 2})).status.error_code == 0
+
+
 # --- status codes ---------------------------------------------------------------------------------------
 @pytest.mark.parametrize("mutate, code, needle", [
     (lambda r: setattr(r.model_spec, "name", "nope"), grpc.StatusCode.NOT_FOUND, "nope"),
