@@ -121,10 +121,37 @@ def decode_inputs(protos: Mapping[str, tensor_pb2.TensorProto],
         check_content(name, proto, shape)
         check_against_spec(name, tf.dtypes.as_dtype(proto.dtype), shape, specs[name])
         try:
-            arrays[name] = tf.make_ndarray(proto)
+            arrays[name] = to_array(proto, shape)
         except (TypeError, ValueError) as exc:
             raise invalid_argument(f"input tensor {name!r} cannot be decoded: {exc}") from exc
     return arrays
+
+
+_NUMPY = {types_pb2.DT_FLOAT: np.float32, types_pb2.DT_DOUBLE: np.float64, types_pb2.DT_INT32: np.int32,
+          types_pb2.DT_INT64: np.int64, types_pb2.DT_BOOL: np.bool_}
+
+
+def to_array(proto: tensor_pb2.TensorProto, shape: tuple[int, ...]) -> np.ndarray:
+    """``tf.make_ndarray`` for a checked proto, read straight into numpy for the common dtypes.
+
+    ``make_ndarray`` costs about 17 µs a tensor in TensorFlow's Python; the requests this server sees are
+    mostly a handful of one-row tensors, where that was a fifth of a request's CPU. Short value lists (which
+    TensorFlow broadcasts) and other dtypes still go through ``make_ndarray``.
+    """
+    count = math.prod(shape)
+    if proto.dtype == types_pb2.DT_STRING:
+        if not proto.tensor_content and len(proto.string_val) == count:
+            return np.array(list(proto.string_val), dtype=object).reshape(shape)
+        return tf.make_ndarray(proto)
+    np_type = _NUMPY.get(proto.dtype)
+    if np_type is None:
+        return tf.make_ndarray(proto)
+    if proto.tensor_content:
+        return np.frombuffer(proto.tensor_content, dtype=np_type).reshape(shape)
+    values = getattr(proto, _VALUE_FIELDS[proto.dtype][0])
+    if len(values) != count:
+        return tf.make_ndarray(proto)
+    return np.fromiter(values, dtype=np_type, count=count).reshape(shape)
 
 
 def array_dtype(array: np.ndarray) -> tf.DType:

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 from prometheus_client import REGISTRY
-from tensorflow.core.framework import tensor_pb2, types_pb2
+from tensorflow.core.framework import tensor_pb2, tensor_shape_pb2, types_pb2
 from tensorflow_serving.apis import (classification_pb2, get_model_metadata_pb2, get_model_status_pb2,
                                      model_management_pb2, model_service_pb2_grpc, predict_pb2,
                                      prediction_service_pb2_grpc, regression_pb2)
@@ -297,3 +297,23 @@ def test_requests_are_counted_with_tf_serving_metric_names(served):
     error_of(served.predictions.Predict, predict_request(name="no-such-model"))
     assert count("tip", "OK") == ok + 1
     assert count("", "NOT_FOUND") == missing + 1  # unknown names share one label value
+
+
+@pytest.mark.parametrize("proto", [
+    tf.make_tensor_proto(np.array([1.5, -2.0, 3.25], np.float32)),
+    tf.make_tensor_proto(np.arange(6, dtype=np.int64).reshape(2, 3)),
+    tf.make_tensor_proto(np.array([[True], [False]])),
+    tf.make_tensor_proto([b"a", b"\xff", b""]),
+    tf.make_tensor_proto(7.0, shape=[4]),  # one value broadcast to the shape
+    tensor_pb2.TensorProto(dtype=types_pb2.DT_INT32, int_val=[3, 4],
+                           tensor_shape=tensor_shape_pb2.TensorShapeProto(dim=[{"size": 2}])),
+    tensor_pb2.TensorProto(dtype=types_pb2.DT_DOUBLE, double_val=[0.1],
+                           tensor_shape=tensor_shape_pb2.TensorShapeProto(dim=[{"size": 1}])),
+])
+def test_numpy_decoding_equals_tensorflows(proto):
+    from serving.tensors import to_array
+
+    shape = tuple(d.size for d in proto.tensor_shape.dim)
+    ours, theirs = to_array(proto, shape), tf.make_ndarray(proto)
+    assert ours.dtype == theirs.dtype and ours.shape == theirs.shape
+    assert ours.tolist() == theirs.tolist()
