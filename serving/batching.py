@@ -58,7 +58,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence, TypeVar
 
 import grpc
 import numpy as np
@@ -300,6 +300,20 @@ def _string_to_object(array: np.ndarray) -> np.ndarray:
     return array.astype(object) if array.dtype.kind in "SU" else array
 
 
+T = TypeVar("T")
+INLINE_BYTES = 64 * 1024
+
+
+async def _off_loop_if_big(size: int, work: Callable[[], T]) -> T:
+    """Small work inline on the event loop, big work in a thread.
+
+    Under the GIL a thread hop buys no parallelism for Python work, and for a one-row request it cost more
+    than the work itself; only a big request would stall the loop long enough to matter."""
+    if size <= INLINE_BYTES:
+        return work()
+    return await asyncio.to_thread(work)
+
+
 class Batcher:
     """Batches Predict requests (see the module docstring); one per server, shared by gRPC and REST.
 
@@ -341,7 +355,8 @@ class Batcher:
                 await asyncio.sleep(delay_s)
             servable = version.servable
             signature = request.model_spec.signature_name or DEFAULT_SIGNATURE
-            inputs = await asyncio.to_thread(lambda: decode_inputs(request.inputs, servable.input_specs(signature)))
+            inputs = await _off_loop_if_big(request.ByteSize(),
+                                            lambda: decode_inputs(request.inputs, servable.input_specs(signature)))
         except BaseException:
             manager.release(version)
             raise
@@ -352,7 +367,7 @@ class Batcher:
             for name, array in outputs.items():
                 response.outputs[name].CopyFrom(encode_output(array))
             return response
-        return await asyncio.to_thread(respond)
+        return await _off_loop_if_big(sum(a.nbytes for a in outputs.values()), respond)
 
     async def run(self, manager: "ModelManager", model_name: str, inputs: Mapping[str, np.ndarray], *,
                   version: int | None = None, label: str | None = None, signature_name: str = DEFAULT_SIGNATURE,
