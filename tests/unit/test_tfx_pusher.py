@@ -1,0 +1,69 @@
+"""The pusher's TF Serving layout (max + 1 versions, lineage.json beside the SavedModel) and the pipeline's
+shape (the anomaly gate before Transform, AUC thresholds on the overall slice only)."""
+
+import json
+
+import pytest
+
+pytestmark = pytest.mark.unit
+
+
+def test_next_version_is_max_plus_one(tmp_path):
+    from tfx_pipeline.components.serving_pusher import next_version
+
+    assert next_version(str(tmp_path / "absent")) == 1
+    for name in ("1", "3", "10", ".tmp-11-x", "labels"):
+        (tmp_path / name).mkdir()
+    (tmp_path / "12").write_text("a file, not a version")
+    assert next_version(str(tmp_path)) == 11
+
+
+def test_push_copies_the_model_and_writes_lineage(tmp_path):
+    from tfx_pipeline.components.serving_pusher import LINEAGE_FILE, push
+
+    model = tmp_path / "model"
+    (model / "variables").mkdir(parents=True)
+    (model / "saved_model.pb").write_bytes(b"pb")
+    base = tmp_path / "serving" / "tips"
+    (base / "4").mkdir(parents=True)
+    version, dest = push(str(model), str(base), {"snapshot_id": 7, "metrics": {"auc": 0.95}, "blessed": True})
+    assert version == 5 and dest == str(base / "5")
+    assert (base / "5" / "saved_model.pb").read_bytes() == b"pb"
+    lineage = json.loads((base / "5" / LINEAGE_FILE).read_text())
+    assert lineage == {"snapshot_id": 7, "metrics": {"auc": 0.95}, "blessed": True, "version": 5}
+    assert sorted(p.name for p in base.iterdir()) == ["4", "5"]  # no temp dir left behind
+    assert push(str(model), str(base), {})[0] == 6
+
+
+def test_pipeline_gates_training_on_anomalies(tmp_path):
+    from tfx_pipeline.pipeline import create_pipeline
+
+    p = create_pipeline("tips", str(tmp_path / "root"), json.dumps({"type": "sql"}), str(tmp_path / "serving"),
+                        snapshot_id=42, train_steps=3)
+    ids = [c.id for c in p.components]
+    assert sorted(ids) == sorted(["IcebergExampleGen", "StatisticsGen", "ImportSchemaGen", "ExampleValidator",
+                                  "AnomalyGate", "Transform", "Trainer", "latest_blessed_model_resolver",
+                                  "Evaluator", "ServingPusher"])
+    order = ["IcebergExampleGen", "StatisticsGen", "ExampleValidator", "AnomalyGate", "Transform", "Trainer",
+             "Evaluator", "ServingPusher"]
+    assert [i for i in ids if i in order] == order  # topologically sorted: the gate runs before Transform
+    by_id = {c.id: c for c in p.components}
+    assert "AnomalyGate" in {u.id for u in by_id["Transform"].upstream_nodes}
+    assert by_id["IcebergExampleGen"].exec_properties["snapshot_id"] == 42
+    proposing = create_pipeline("tips", str(tmp_path / "root"), "{}", str(tmp_path / "serving"), propose_schema=True)
+    schema_gen = {c.id: c for c in proposing.components}["proposed_schema_gen"]
+    assert not any(schema_gen.id in {u.id for u in c.upstream_nodes} for c in proposing.components)  # a proposal
+
+
+def test_auc_thresholds_hold_on_the_overall_slice_only():
+    from tfx_pipeline.pipeline import eval_config
+
+    cfg = eval_config(auc_floor=0.93)
+    assert [list(s.feature_keys) for s in cfg.slicing_specs] == [[], ["payment_type"], ["pickup_community_area"]]
+    metrics = {m.class_name: m for m in cfg.metrics_specs[0].metrics}
+    assert {"AUC", "BinaryCrossentropy", "BinaryAccuracy", "Calibration"} <= set(metrics)
+    (auc,) = metrics["AUC"].per_slice_thresholds
+    assert [list(s.feature_keys) for s in auc.slicing_specs] == [[]]
+    assert auc.threshold.value_threshold.lower_bound.value == 0.93
+    assert auc.threshold.change_threshold.absolute.value < 0  # no regression against the baseline
+    assert cfg.model_specs[0].signature_name == "serving_examples"

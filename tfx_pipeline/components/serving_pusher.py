@@ -1,0 +1,136 @@
+"""``ServingPusher``: copy a blessed model into TF Serving's layout, ``<serving_model_dir>/<version>/``.
+
+The version is ``max(existing integer versions) + 1`` (1 for an empty base path): TF Serving's convention of
+small increasing integers, rather than TFX's stock Pusher's Unix timestamp (also monotonic). The copy goes to
+a hidden temp directory first and is renamed into place, so the model server never sees a half-written
+version. Beside ``saved_model.pb`` it writes ``lineage.json`` (what ``liveml models list`` shows): the pipeline
+run, training table and snapshot, the input snapshot ids, spec version, train/eval ranges, rows, the
+Evaluator's metrics and ``blessed: true``. An unblessed model is not pushed; the PushedModel artifact then
+records ``pushed = 0`` and why.
+"""
+
+# (no `from __future__ import annotations`: TFX parses the component signature at runtime)
+import json
+import os
+import shutil
+import time
+
+from tfx.dsl.component.experimental.annotations import InputArtifact, OutputArtifact, Parameter
+from tfx.dsl.component.experimental.decorators import component
+from tfx.types import standard_artifacts
+
+LINEAGE_FILE = "lineage.json"
+
+
+def next_version(base: str) -> int:
+    """``max(integer subdirectories) + 1``, ignoring anything else (temp dirs, labels files)."""
+    if not os.path.isdir(base):
+        return 1
+    versions = [int(d) for d in os.listdir(base) if d.isdigit() and os.path.isdir(os.path.join(base, d))]
+    return max(versions, default=0) + 1
+
+
+def evaluation_metrics(evaluation_uri: str) -> dict:
+    """The overall slice's metrics from TFMA's output: ``{"auc": .., "log_loss": .., ...}``."""
+    import tensorflow_model_analysis as tfma
+
+    names = {"auc": "auc", "binary_crossentropy": "log_loss", "binary_accuracy": "binary_accuracy",
+             "calibration": "calibration", "example_count": "example_count", "mean_label": "mean_label",
+             "mean_prediction": "mean_prediction", "weighted_example_count": "weighted_example_count"}
+    out: dict = {}
+    for rec in tfma.load_metrics(evaluation_uri):
+        if rec.slice_key.single_slice_keys:
+            continue
+        for kv in rec.metric_keys_and_values:
+            if kv.key.is_diff:
+                continue
+            if kv.key.model_name and kv.key.model_name != "candidate":
+                continue
+            if kv.key.name == "loss":  # the Keras compiled loss: BinaryCrossentropy again, i.e. log_loss
+                continue
+            name = names.get(kv.key.name, kv.key.name)
+            if kv.value.HasField("double_value"):
+                out[name] = float(kv.value.double_value.value)
+    return out
+
+
+def validation_summary(evaluation_uri: str) -> dict:
+    """``{"ok": bool, "failures": [readable lines]}`` from the Evaluator's validation result."""
+    import tensorflow_model_analysis as tfma
+
+    try:
+        result = tfma.load_validation_result(evaluation_uri)
+    except Exception as exc:  # no validations written
+        return {"ok": None, "failures": [f"no validation result: {exc}"]}
+    failures = []
+    for f in result.metric_validations_per_slice:
+        where = ", ".join(f"{k.column}={k.bytes_value.decode() or k.int64_value or k.float_value}"
+                          for k in f.slice_key.single_slice_keys) or "overall"
+        for m in f.failures:
+            threshold = " ".join(str(m.metric_threshold).split())
+            failures.append(f"{where}: {m.metric_key.name}{' change vs baseline' if m.metric_key.is_diff else ''}"
+                            f" = {m.metric_value.double_value.value:.4f} fails {threshold}")
+    if getattr(result, "missing_thresholds", False):
+        failures.append("some thresholds could not be checked (missing metrics)")
+    return {"ok": bool(result.validation_ok), "failures": failures}
+
+
+def push(model_dir: str, serving_model_dir: str, lineage: dict) -> tuple[int, str]:
+    """Copy ``model_dir`` (a SavedModel) to ``<serving_model_dir>/<next version>``, with ``lineage.json``."""
+    os.makedirs(serving_model_dir, exist_ok=True)
+    for _ in range(5):
+        version = next_version(serving_model_dir)
+        tmp = os.path.join(serving_model_dir, f".tmp-{version}-{os.getpid()}-{time.time_ns()}")
+        shutil.copytree(model_dir, tmp)
+        with open(os.path.join(tmp, LINEAGE_FILE), "w") as f:
+            json.dump({**lineage, "version": version}, f, indent=2, sort_keys=True)
+        dest = os.path.join(serving_model_dir, str(version))
+        try:
+            os.rename(tmp, dest)  # atomic; fails if another push took this version meanwhile
+            return version, dest
+        except OSError:
+            shutil.rmtree(tmp, ignore_errors=True)
+    raise RuntimeError(f"could not claim a version under {serving_model_dir}")
+
+
+@component
+def ServingPusher(  # noqa: N802
+        model: InputArtifact[standard_artifacts.Model],
+        model_blessing: InputArtifact[standard_artifacts.ModelBlessing],
+        evaluation: InputArtifact[standard_artifacts.ModelEvaluation],
+        examples: InputArtifact[standard_artifacts.Examples],
+        pushed_model: OutputArtifact[standard_artifacts.PushedModel],
+        serving_model_dir: Parameter[str],
+        pipeline_run: Parameter[str] = "",
+) -> None:
+    """Push ``model`` to ``serving_model_dir`` if ``model_blessing`` says blessed."""
+    blessed = int(model_blessing.get_int_custom_property("blessed") or 0) == 1
+    validation = validation_summary(evaluation.uri)
+    metrics = evaluation_metrics(evaluation.uri)
+    pushed_model.set_string_custom_property("metrics", json.dumps(metrics, sort_keys=True))
+    pushed_model.set_string_custom_property("validation", json.dumps(validation, sort_keys=True))
+    if not blessed:
+        pushed_model.set_int_custom_property("pushed", 0)
+        pushed_model.set_string_custom_property(
+            "reason", "not blessed: " + ("; ".join(validation["failures"]) or "the Evaluator did not bless it"))
+        return
+    prop = examples.get_string_custom_property
+    lineage = {
+        "pipeline_run": pipeline_run or os.path.basename(os.path.dirname(pushed_model.uri.rstrip("/"))),
+        "training_table": prop("training_table"),
+        "snapshot_id": int(prop("snapshot_id")) if prop("snapshot_id") else None,
+        "snapshot_ids": json.loads(prop("snapshot_ids") or "{}"),
+        "spec_version": examples.get_int_custom_property("spec_version"),
+        "train_range": json.loads(prop("train_range") or "null"),
+        "eval_range": json.loads(prop("eval_range") or "null"),
+        "rows": {"train": examples.get_int_custom_property("rows_train"),
+                 "eval": examples.get_int_custom_property("rows_eval")},
+        "metrics": metrics,
+        "blessed": True,
+        "model_uri": model.uri,
+        "pushed_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+    version, dest = push(os.path.join(model.uri, "Format-Serving"), serving_model_dir, lineage)
+    pushed_model.set_int_custom_property("pushed", 1)
+    pushed_model.set_int_custom_property("pushed_version", version)
+    pushed_model.set_string_custom_property("pushed_destination", dest)
