@@ -337,6 +337,7 @@ def demo(ctx: click.Context, rows: int, as_json: bool) -> None:
 
 from liveml import cli_offline  # noqa: E402,F401  (registers query, sql, training-set, backfill, parity)
 from liveml import cli_serving  # noqa: E402,F401  (registers serve, predict, models)
+from liveml import cli_training  # noqa: E402,F401  (registers train)
 
 if __name__ == "__main__":  # pragma: no cover
     main()
