@@ -16,6 +16,7 @@ Other orchestrators take the same :func:`tfx_pipeline.pipeline.create_pipeline` 
 from __future__ import annotations
 
 import json
+import sys
 import os
 import time
 from pathlib import Path
@@ -117,6 +118,10 @@ def run_local(home: str | os.PathLike, catalog_properties: Mapping[str, Any] | s
     :func:`tfx_pipeline.pipeline.create_pipeline` (``snapshot_id``, ``train_steps``, ``auc_floor``, ...).
     A failure (e.g. the anomaly gate) raises :class:`PipelineFailed` carrying the summary, unless
     ``raise_on_error`` is False."""
+    if "pyflink.fn_execution.beam.beam_coder_impl_fast" in sys.modules:
+        raise RuntimeError("TFX's Beam cannot run in a process that has loaded PyFlink's Python runtime: PyFlink "
+                           "swaps Beam's coder implementations for its own. Run the pipeline in a process of its "
+                           "own (`liveml train` is one).")
     from tfx import v1 as tfx
 
     from tfx_pipeline.pipeline import create_pipeline

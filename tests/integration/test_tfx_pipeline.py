@@ -77,18 +77,44 @@ def _catalog_props(tmp: Path) -> dict:
     return {"name": "t", "type": "sql", "uri": f"sqlite:///{tmp}/c.db", "warehouse": (tmp / "wh").as_uri()}
 
 
+def _child(args, kwargs, results) -> None:
+    from tfx_pipeline.runner import PipelineFailed, run_local
+
+    try:
+        results.put(("ok", json.loads(json.dumps(run_local(*args, **kwargs), default=str)), ""))
+    except PipelineFailed as exc:
+        results.put(("failed", json.loads(json.dumps(exc.summary, default=str)), str(exc)))
+
+
+def run_isolated(*args, **kwargs) -> dict:
+    """``run_local`` in a fresh process. Beam must not share a process with PyFlink: once PyFlink's Python
+    runtime has been loaded (other tests in this session run Flink jobs in process), it has swapped Beam's
+    coder implementations for its own, and Beam's DirectRunner then fails with "Cannot convert
+    CallbackCoderImpl to StreamCoderImpl". `liveml train` is a process of its own for the same reason."""
+    import multiprocessing
+
+    from tfx_pipeline.runner import PipelineFailed
+
+    ctx = multiprocessing.get_context("spawn")
+    results = ctx.Queue()
+    proc = ctx.Process(target=_child, args=(args, kwargs, results))
+    proc.start()
+    status, summary, message = results.get(timeout=900)
+    proc.join(60)
+    if status == "failed":
+        raise PipelineFailed(message, summary)
+    return summary
+
+
 @pytest.fixture(scope="module")
 def first_run(tmp_path_factory):
-    import tfx_pipeline  # noqa: F401
-    from tfx_pipeline.runner import run_local
-
     base = tmp_path_factory.mktemp("tfx")
     data = base / "data"
     data.mkdir()
     catalog, built = real_training_set(data)
     serving = base / "serving" / "tips"
-    summary = run_local(base / "home", _catalog_props(data), str(serving), snapshot_id=built["snapshot_id"],
-                        train_steps=TRAIN_STEPS, eval_steps=5, auc_floor=AUC_FLOOR)
+    summary = run_isolated(base / "home", _catalog_props(data), str(serving), snapshot_id=built["snapshot_id"],
+                           train_steps=TRAIN_STEPS, eval_steps=5, auc_floor=AUC_FLOOR)
     print("first run:", json.dumps(summary, indent=1, default=str))
     return base, catalog, built, serving, summary
 
@@ -157,14 +183,12 @@ def test_serving_default_takes_raw_features_and_matches_serving_examples(first_r
 
 
 def test_shuffled_labels_are_not_blessed_nor_pushed(first_run):
-    from tfx_pipeline.runner import run_local
-
     base, _, _, serving, _ = first_run
     data = base / "shuffled"
     data.mkdir()
     _, built = real_training_set(data, shuffle_labels_seed=1)
-    summary = run_local(base / "home", _catalog_props(data), str(serving), snapshot_id=built["snapshot_id"],
-                        train_steps=100, eval_steps=5, auc_floor=AUC_FLOOR)
+    summary = run_isolated(base / "home", _catalog_props(data), str(serving), snapshot_id=built["snapshot_id"],
+                           train_steps=100, eval_steps=5, auc_floor=AUC_FLOOR)
     print("shuffled run:", json.dumps(summary, indent=1, default=str))
     assert summary["status"] == "succeeded"
     assert summary["blessed"] is False
@@ -176,7 +200,7 @@ def test_shuffled_labels_are_not_blessed_nor_pushed(first_run):
 
 def test_anomalies_stop_the_pipeline_before_training(tmp_path):
     """Negative fares and an unknown payment type in the newest trips: the gate fails, nothing is trained."""
-    from tfx_pipeline.runner import PipelineFailed, run_local
+    from tfx_pipeline.runner import PipelineFailed
 
     def corrupt(trips):
         last = trips.index[-300:]
@@ -189,8 +213,8 @@ def test_anomalies_stop_the_pipeline_before_training(tmp_path):
     _, built = real_training_set(data, n=3000, mutate=corrupt)
     serving = tmp_path / "serving" / "tips"
     with pytest.raises(PipelineFailed) as err:
-        run_local(tmp_path / "home", _catalog_props(data), str(serving), snapshot_id=built["snapshot_id"],
-                  train_steps=10, eval_steps=1)
+        run_isolated(tmp_path / "home", _catalog_props(data), str(serving), snapshot_id=built["snapshot_id"],
+                     train_steps=10, eval_steps=1)
     summary = err.value.summary
     print("anomalous run:", json.dumps(summary, indent=1, default=str))
     assert summary["status"] == "failed"
