@@ -16,8 +16,8 @@ Other orchestrators take the same :func:`tfx_pipeline.pipeline.create_pipeline` 
 from __future__ import annotations
 
 import json
-import sys
 import os
+import sys
 import time
 from pathlib import Path
 from typing import Any, Mapping
