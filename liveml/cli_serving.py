@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import sys
 import time
@@ -95,7 +96,7 @@ def _load_history(cfg: LivemlConfig) -> dict[str, list[int]]:
 
 def _model_config(cfg: LivemlConfig):
     from liveml.stack.serving import ensure_model_config
-    from serving.models import read_model_config
+    from serving.model_config import read_model_config
 
     return read_model_config(ensure_model_config(cfg))
 
@@ -109,22 +110,22 @@ def _find(config, name: str):
 
 
 async def _wait_available(client, model: str, version: int, timeout_s: float = 120.0) -> None:
+    import grpc
     from tensorflow_serving.apis import get_model_status_pb2
 
     deadline = time.monotonic() + timeout_s
     state = None
     while time.monotonic() < deadline:
         try:
-            status = await client.status(model, version=version)
-            st = status.model_version_status[0]
-            state = get_model_status_pb2.ModelVersionStatus.State.Name(st.state)
-            if state == "AVAILABLE":
-                return
-            if state == "END" and st.status.error_code:
-                raise LivemlError(f"version {version} of {model} failed to load: {st.status.error_message}")
-        except Exception as exc:  # NOT_FOUND while the server has not polled it yet
-            if isinstance(exc, LivemlError):
-                raise
+            st = (await client.status(model, version=version)).model_version_status[0]
+        except grpc.aio.AioRpcError:  # NOT_FOUND until the server has polled the new version
+            await asyncio.sleep(0.5)
+            continue
+        state = get_model_status_pb2.ModelVersionStatus.State.Name(st.state)
+        if state == "AVAILABLE":
+            return
+        if state == "END" and st.status.error_code:
+            raise LivemlError(f"version {version} of {model} failed to load: {st.status.error_message}")
         await asyncio.sleep(0.5)
     raise LivemlError(f"version {version} of {model} did not become AVAILABLE in {timeout_s:.0f} s (last: {state})")
 
@@ -134,7 +135,7 @@ def set_label(cfg: LivemlConfig, model: str, label: str, version: int, record: b
     wait until it is AVAILABLE, then move the label, each through HandleReloadConfigRequest."""
     from liveml.stack.serving import model_config_path
     from serving.client import PredictionClient
-    from serving.models import versions_on_disk
+    from serving.model_config import versions_on_disk
 
     config = _model_config(cfg)
     entry = _find(config, model)
@@ -185,7 +186,7 @@ def models() -> None:
 def models_list(ctx, model, as_json) -> None:
     """Every version on disk: state on the server, labels, and the metrics and lineage the pusher wrote."""
     from serving.client import PredictionClient
-    from serving.models import versions_on_disk
+    from serving.model_config import versions_on_disk
 
     cfg = _cfg(ctx)
     config = _model_config(cfg)
@@ -203,10 +204,8 @@ def models_list(ctx, model, as_json) -> None:
                 for st in status.model_version_status:
                     states[st.version] = get_model_status_pb2.ModelVersionStatus.State.Name(st.state)
 
-        try:
+        with contextlib.suppress(LivemlError):  # server down or model not loaded: listed, state unknown
             _run(fetch())
-        except LivemlError:
-            pass  # server down or model not loaded: versions still listed, state unknown
         labels = dict(entry.version_labels)
         for v in versions_on_disk(entry.base_path):
             vdir = Path(entry.base_path) / str(v)

@@ -24,7 +24,8 @@ from tensorflow_serving.apis import (get_model_status_pb2, model_management_pb2,
 from tensorflow_serving.config import model_server_config_pb2
 
 from serving import inference
-from serving.batching import Batcher, BatchingParameters
+from serving.batching import Batcher
+from serving.batching_params import BatchingParameters
 from serving.errors import ServingError
 from serving.models import ModelManager
 
@@ -135,7 +136,7 @@ async def serve(config: model_server_config_pb2.ModelServerConfig, port: int = 8
 
     Like ``tensorflow_model_server``, the port opens only once the initial models are loaded (their
     labels checked); ``started(port)`` is called then. ``batching`` (TF Serving's ``BatchingParameters``,
-    e.g. from :func:`serving.batching.read_batching_parameters`) turns on batching of Predict.
+    e.g. from :func:`serving.batching_params.read_batching_parameters`) turns on batching of Predict.
     """
     batcher = Batcher(batching) if batching is not None else None  # a bad one fails before any load
     manager = ModelManager()

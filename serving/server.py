@@ -69,7 +69,7 @@ def _read_text_proto(path: str, message, flag: str):
 
 
 def model_config(args: argparse.Namespace):
-    from serving.models import read_model_config, single_model_config
+    from serving.model_config import read_model_config, single_model_config
 
     if args.model_config_file and (args.model_name or args.model_base_path):
         raise StartupError("give --model_config_file or --model_name/--model_base_path, not both")
@@ -116,7 +116,7 @@ def batching_parameters(args: argparse.Namespace):
         if args.batching_parameters_file:
             log.warning("--batching_parameters_file is ignored without --enable_batching (as in TF Serving)")
         return None
-    from serving.batching import default_parameters, read_batching_parameters
+    from serving.batching_params import default_parameters, read_batching_parameters
 
     if args.batching_parameters_file:
         try:
@@ -128,7 +128,8 @@ def batching_parameters(args: argparse.Namespace):
 
 async def run(args: argparse.Namespace, started=None) -> None:
     from serving.grpc_server import build_server
-    from serving.models import ModelManager, read_model_config
+    from serving.model_config import read_model_config
+    from serving.models import ModelManager
 
     config = model_config(args)
     batching = batching_parameters(args)

@@ -15,11 +15,13 @@ import tensorflow as tf
 from prometheus_client import REGISTRY
 from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
 
-from serving.batching import (Batcher, BatchingConfig, BatchingParameters, default_parameters, merge_inputs,
-                              parse_batching_parameters, read_batching_parameters, split_outputs)
+from serving.batching import Batcher, merge_inputs, split_outputs
+from serving.batching_params import (BatchingConfig, BatchingParameters, default_parameters,
+                                     parse_batching_parameters, read_batching_parameters)
 from serving.errors import ServingError
 from serving.grpc_server import build_server
-from serving.models import ModelConfig, ModelManager, VersionPolicy, configs_to_proto
+from serving.model_config import ModelConfig, VersionPolicy, configs_to_proto
+from serving.models import ModelManager
 from serving.testing import export_standin_model, standin_row
 
 pytestmark = pytest.mark.unit

@@ -20,8 +20,10 @@ from tensorflow_serving.apis import (classification_pb2, get_model_metadata_pb2,
                                      prediction_service_pb2_grpc, regression_pb2)
 
 from serving.grpc_server import build_server, serve
-from serving.models import ModelConfig, ModelManager, VersionPolicy, configs_to_proto, single_model_config
+from serving.model_config import ModelConfig, VersionPolicy, configs_to_proto, single_model_config
+from serving.models import ModelManager
 from serving.testing import EXAMPLES_SIGNATURE, export_standin_model, standin_example, standin_row
+from tests.unit.serving_loop import LoopThread
 
 pytestmark = pytest.mark.unit
 
@@ -29,14 +31,12 @@ MAX_RECEIVE = 1 << 20
 LABELS = {"stable": 1, "canary": 2}
 
 
-class Running:
+class Running(LoopThread):
     """The server on its own event loop thread, so tests can use the ordinary blocking stubs."""
 
     def __init__(self, base: Path):
+        super().__init__()
         self.base = base
-        self.loop = asyncio.new_event_loop()
-        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
-        self.thread.start()
         self.manager, self.server, self.port = self.call(self._start())
         self.channel = grpc.insecure_channel(f"127.0.0.1:{self.port}")
         self.predictions = prediction_service_pb2_grpc.PredictionServiceStub(self.channel)
@@ -52,15 +52,11 @@ class Running:
         await server.start()
         return manager, server, port
 
-    def call(self, coro):
-        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout=60)
-
     def stop(self):
         self.channel.close()
         self.call(self.server.stop(0))
         self.call(self.manager.close())
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(10)
+        self.close_loop()
 
 
 @pytest.fixture(scope="module")

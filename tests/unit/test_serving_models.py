@@ -14,8 +14,9 @@ import tensorflow as tf
 from tensorflow_serving.apis import model_pb2, predict_pb2, prediction_log_pb2
 
 from serving.errors import ServingError
-from serving.models import (ModelConfig, ModelManager, VersionPolicy, VersionState, configs_from_proto,
-                            configs_to_proto, parse_model_config, single_model_config)
+from serving.model_config import (ModelConfig, VersionPolicy, configs_from_proto, configs_to_proto,
+                                  parse_model_config, single_model_config)
+from serving.models import ModelManager, VersionState
 from serving.testing import export_standin_model, standin_row
 
 pytestmark = pytest.mark.unit

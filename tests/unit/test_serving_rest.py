@@ -3,9 +3,7 @@ thread, called with plain ``requests``; results checked against the SavedModel i
 
 from __future__ import annotations
 
-import asyncio
 import base64
-import threading
 from pathlib import Path
 
 import grpc
@@ -15,9 +13,12 @@ import requests
 import tensorflow as tf
 from prometheus_client import REGISTRY
 
-from serving.models import ModelConfig, ModelManager, VersionPolicy, configs_to_proto
-from serving.rest import http_status, json_value, start_rest
+from serving.model_config import ModelConfig, VersionPolicy, configs_to_proto
+from serving.models import ModelManager
+from serving.rest import http_status, start_rest
+from serving.rest_json import json_value
 from serving.testing import EXAMPLES_SIGNATURE, export_standin_model, standin_example, standin_row
+from tests.unit.serving_loop import LoopThread
 
 pytestmark = pytest.mark.unit
 
@@ -25,14 +26,12 @@ MAX_BODY = 1 << 20
 LABELS = {"stable": 1, "canary": 2}
 
 
-class Running:
+class Running(LoopThread):
     """The manager and the REST server on one event loop thread, as in production."""
 
     def __init__(self, base: Path):
+        super().__init__()
         self.base = base
-        self.loop = asyncio.new_event_loop()
-        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
-        self.thread.start()
         self.manager, self.runner, self.port = self.call(self._start())
         self.url = f"http://127.0.0.1:{self.port}"
 
@@ -42,9 +41,6 @@ class Running:
                                                                   LABELS)]))
         runner, port = await start_rest(manager, "127.0.0.1", 0, client_max_size=MAX_BODY)
         return manager, runner, port
-
-    def call(self, coro):
-        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout=60)
 
     def get(self, path: str) -> requests.Response:
         return requests.get(self.url + path, timeout=30)
@@ -58,8 +54,7 @@ class Running:
     def stop(self):
         self.call(self.runner.cleanup())
         self.call(self.manager.close())
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(10)
+        self.close_loop()
 
 
 @pytest.fixture(scope="module")
