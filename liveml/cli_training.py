@@ -34,7 +34,8 @@ def _stdout_to_stderr():
 @click.option("--snapshot", "snapshot_id", type=int, default=None,
               help="Snapshot of the training table (default: its current one).")
 @click.option("--table", "training_table", default="training.tips", show_default=True)
-@click.option("--train-steps", type=int, default=2000, show_default=True)
+@click.option("--train-steps", type=int, default=500, show_default=True,
+              help="Batches of 256 (about 10 epochs of the real data; more overfits it).")
 @click.option("--auc-floor", type=float, default=0.9, show_default=True, help="Absolute AUC a model must reach.")
 @click.option("--json", "as_json", is_flag=True)
 @click.pass_context
@@ -76,8 +77,14 @@ def train(ctx, snapshot_id, training_table, train_steps, auc_floor, as_json) -> 
         for name, c in s.get("components", {}).items():
             t.add_row(name, str(c.get("seconds")), c.get("state", "") + (f": {c['error']}" if c.get("error") else ""))
         out.print(t)
-        console.print(json.dumps({k: v for k, v in s.items() if k != "components"}, indent=2, default=str),
-                      highlight=False)
+        for feature, values in (s.get("slices") or {}).items():  # largest slices first
+            st = Table(feature, "examples", "auc", "log_loss", "calibration", title=f"eval split by {feature}")
+            for value, m in list(values.items())[:8]:
+                st.add_row(value, f"{m.get('example_count', 0):.0f}",
+                           *(f"{m[k]:.3f}" if k in m else "-" for k in ("auc", "log_loss", "calibration")))
+            out.print(st)
+        console.print(json.dumps({k: v for k, v in s.items() if k not in ("components", "slices")}, indent=2,
+                                 default=str), highlight=False)
 
     _emit(summary, as_json, render)
     if summary.get("status") != "succeeded":

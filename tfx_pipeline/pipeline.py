@@ -5,7 +5,7 @@ IcebergExampleGen -> StatisticsGen -> ImportSchemaGen (curated schema) -> Exampl
 
 The Evaluator (TFMA) computes AUC, log loss (BinaryCrossentropy), BinaryAccuracy, Calibration, counts, mean
 label/prediction, overall and sliced by payment_type and pickup_community_area, on the ``eval`` split (the
-latest ``eval_fraction`` of the time range). It blesses a model when overall AUC >= ``auc_floor`` and, once a
+latest ``eval_fraction`` of the rows by decision time). It blesses a model when overall AUC >= ``auc_floor`` and, once a
 blessed baseline exists, AUC has not regressed against it. ServingPusher pushes only blessed models.
 """
 
@@ -54,7 +54,7 @@ def eval_config(auc_floor: float = 0.9, slice_features: Sequence[str] = SLICE_FE
 def create_pipeline(pipeline_name: str, pipeline_root: str, catalog_properties: str, serving_model_dir: str,
                     training_table: str = F.TRAINING_TABLE, snapshot_id: int = 0,
                     preprocessing_fn: str = PREPROCESSING_FN, run_fn: str = RUN_FN,
-                    schema_file: str = SCHEMA_FILE, train_steps: int = 2000, eval_steps: int = 50,
+                    schema_file: str = SCHEMA_FILE, train_steps: int = 500, eval_steps: int = 50,
                     eval_fraction: float = 0.2, auc_floor: float = 0.9,
                     train_custom_config: dict[str, Any] | None = None, pipeline_run: str = "",
                     propose_schema: bool = False, metadata_connection_config=None,

@@ -46,7 +46,7 @@ def summarize(metadata_path: str, since_ms: int) -> dict[str, Any]:
     from ml_metadata.metadata_store import metadata_store
     from ml_metadata.proto import metadata_store_pb2
 
-    from tfx_pipeline.components.serving_pusher import evaluation_metrics, validation_summary
+    from tfx_pipeline.components.serving_pusher import evaluation_metrics, slice_metrics, validation_summary
 
     cfg = metadata_store_pb2.ConnectionConfig()
     cfg.sqlite.filename_uri = metadata_path
@@ -83,6 +83,7 @@ def summarize(metadata_path: str, since_ms: int) -> dict[str, Any]:
     ev = outputs.get("ModelEvaluation")
     if ev is not None:
         summary["metrics"] = evaluation_metrics(ev.uri)
+        summary["slices"] = slice_metrics(ev.uri)
         summary["validation"] = validation_summary(ev.uri)
     blessing = outputs.get("ModelBlessing")
     if blessing is not None:
@@ -167,7 +168,7 @@ def main(argv=None) -> int:
     p.add_argument("--serving-dir", required=True, help="TF Serving base path of the model")
     p.add_argument("--table", default="training.tips")
     p.add_argument("--snapshot-id", type=int, default=0, help="0: the table's current snapshot")
-    p.add_argument("--train-steps", type=int, default=2000)
+    p.add_argument("--train-steps", type=int, default=500)
     p.add_argument("--eval-steps", type=int, default=50)
     p.add_argument("--eval-fraction", type=float, default=0.2)
     p.add_argument("--auc-floor", type=float, default=0.9)

@@ -1,4 +1,4 @@
-"""The event-time split of IcebergExampleGen: the last 20% of the time range is eval, no overlap."""
+"""The event-time split of IcebergExampleGen: the latest 20% of the rows by time are eval, no overlap."""
 
 import gzip
 import math
@@ -10,25 +10,28 @@ import pytest
 pytestmark = pytest.mark.unit
 
 
-def test_last_fifth_of_the_time_range_is_eval():
+def test_latest_fifth_of_the_rows_is_eval():
     from tfx_pipeline.components.iceberg_example_gen import event_time_split
 
     rnd = random.Random(3)
-    times = [rnd.randint(1_000, 101_000) for _ in range(500)] + [1_000, 101_000]
+    # dense early, sparse late: a cut at 80% of the time range would hold far fewer than 20% of the rows
+    times = [rnd.randint(1_000, 50_000) for _ in range(450)] + [rnd.randint(50_000, 101_000) for _ in range(50)]
     is_eval, cut = event_time_split(times, 0.2)
-    assert cut == 81_000
+    assert cut == sorted(times)[400]
     train = [t for t, e in zip(times, is_eval) if not e]
     evals = [t for t, e in zip(times, is_eval) if e]
     assert len(train) + len(evals) == len(times)
+    assert len(evals) == 100 + sum(1 for t in sorted(times)[:400] if t == cut)  # ties join eval
     assert max(train) < cut <= min(evals)
-    assert all(t >= 81_000 for t in evals) and all(t < 81_000 for t in train)
 
 
 def test_ties_at_the_cut_go_together_and_bad_fractions_fail():
     from tfx_pipeline.components.iceberg_example_gen import event_time_split
 
     is_eval, cut = event_time_split([0, 8, 8, 8, 10], 0.2)
-    assert cut == 8 and is_eval == [False, True, True, True, True]
+    assert cut == 10 and is_eval == [False, False, False, False, True]
+    is_eval, cut = event_time_split([0, 1, 8, 8, 8, 8, 8, 8, 8, 10], 0.2)
+    assert cut == 8 and is_eval == [False, False] + [True] * 8
     assert event_time_split([], 0.2) == ([], None)
     assert event_time_split([5, 5], 0.2)[0] == [False, False]  # one instant: all train
     for bad in (0, 1, -0.1, 1.5):
