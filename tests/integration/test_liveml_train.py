@@ -5,13 +5,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-from pathlib import Path
 
 import pytest
 import yaml
 
 from tests.conftest import OFFLINE_PORTS, cli_json, run_cli, write_test_config
-from tests.integration.test_tfx_pipeline import real_training_set
+from tests.offline_fixtures import real_training_set
 
 pytestmark = pytest.mark.integration
 

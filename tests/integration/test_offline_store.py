@@ -6,7 +6,6 @@ from __future__ import annotations
 import hashlib
 import time
 from datetime import datetime, timezone
-from pathlib import Path
 
 import pandas as pd
 import pytest

@@ -1,8 +1,8 @@
 """The TFX pipeline end to end on the real 15,002 Chicago taxi trips, without Flink.
 
-``raw.trips`` and ``labels.trips`` come from :func:`flink_jobs.replay.trip_tables`; the feature tables are
-filled with :func:`tests.reference.expected_view` (the pandas computation the Flink job is checked against),
-then :func:`liveml.training_set.build_training_set` writes ``training.tips`` and the pipeline trains on it.
+The data is :func:`tests.offline_fixtures.real_training_set`: ``raw.trips`` and ``labels.trips`` from the
+real trips, feature tables from the pandas reference the Flink job is checked against, and ``training.tips``
+built from them by :func:`liveml.training_set.build_training_set`.
 """
 
 from __future__ import annotations
@@ -12,61 +12,11 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import pyarrow as pa
 import pytest
 
+from tests.offline_fixtures import real_training_set
+
 pytestmark = pytest.mark.integration
-
-
-def _to_ts(ms) -> pd.Series:
-    return pd.to_datetime(np.asarray(ms, dtype="int64"), unit="ms", utc=True)
-
-
-def real_training_set(tmp: Path, n: int | None = None, shuffle_labels_seed: int | None = None, mutate=None):
-    """A local catalog holding the real trips, their feature rows and ``training.tips``; returns
-    ``(catalog, lineage)``. ``shuffle_labels_seed`` permutes the labels (a model that must not be blessed);
-    ``mutate(trips_df) -> trips_df`` corrupts the real trips first (data the schema must reject)."""
-    from flink_jobs import replay as rp
-    from iceberg_schemas.features import FEATURE_VIEWS, SPEC_VERSION
-    from liveml.offline import OfflineStore
-    from liveml.training_set import build_training_set
-    from pyiceberg.io.pyarrow import schema_to_pyarrow
-    from tests.offline_fixtures import create, local_catalog
-    from tests.reference import expected_view
-
-    trips = rp.load_trips().sort_values("start_ms", kind="stable")
-    if n:
-        trips = trips.head(n)
-    trips = trips.reset_index(drop=True)
-    if mutate is not None:
-        trips = mutate(trips.copy())
-    raw, labels = rp.trip_tables(trips)
-    if shuffle_labels_seed is not None:
-        rng = np.random.default_rng(shuffle_labels_seed)
-        labels["big_tipper"] = rng.permutation(labels["big_tipper"].to_numpy())
-    catalog = local_catalog(tmp)
-
-    def write(identifier: str, df: pd.DataFrame) -> None:
-        create(catalog, identifier)
-        table = catalog.load_table(identifier)
-        schema = schema_to_pyarrow(table.schema())
-        cols = {f.name: (df[f.name] if f.name in df else pd.Series([None] * len(df))) for f in schema}
-        frame = pd.DataFrame(cols).astype(object).where(pd.DataFrame(cols).notna(), None)
-        table.append(pa.Table.from_pandas(frame, schema=schema, preserve_index=False))
-
-    write("raw.trips", raw)
-    write("labels.trips", labels)
-    events = {"trips": raw.assign(event_time=raw["event_time"].astype("int64") // 10**6),
-              "labels": labels.assign(label_time=labels["label_time"].astype("int64") // 10**6,
-                                      big_tipper=labels["big_tipper"].astype(float))}
-    for v in FEATURE_VIEWS:
-        time_col = "label_time" if v.source == "labels" else "event_time"
-        rows = expected_view(events[v.source], v, time_col)
-        t = _to_ts(rows["event_time_ms"])
-        rows = rows.assign(event_time=t, window_end=t, computed_at=t, spec_version=SPEC_VERSION)
-        write(v.table, rows)
-    store = OfflineStore(catalog, tmp / "duck")
-    return catalog, build_training_set(store)
 
 
 TRAIN_STEPS = 500

@@ -61,3 +61,24 @@ def test_curated_schema_flags_negative_fares_and_missing_required(tmp_path):
     with pytest.raises(DataAnomalyError) as err:
         check_anomalies(str(tmp_path), ["train"])
     assert "feature 'fare'" in str(err.value)
+
+
+def test_a_missing_required_column_stops_the_run_naming_it(tmp_path):
+    """The training set lost ``trip_seconds`` (e.g. a renamed source field): the gate names the column."""
+    import pandas as pd
+    import tensorflow_data_validation as tfdv
+
+    from tfx_pipeline.components.anomaly_gate import DataAnomalyError, check_anomalies
+    from tfx_pipeline.pipeline import SCHEMA_FILE
+
+    schema = tfdv.load_schema_text(SCHEMA_FILE)
+    df = pd.DataFrame({"big_tipper": [0, 1, 0, 1], "fare": [10.0, 3.5, 7.0, 9.0],
+                       "trip_miles": [1.0, 2.0, 3.0, 4.0],
+                       "payment_type": ["Cash", "Credit Card", "Cash", "Cash"]})
+    anomalies = tfdv.validate_statistics(tfdv.generate_statistics_from_dataframe(df), schema)
+    assert set(anomalies.anomaly_info) == {"trip_seconds"}
+    _write(tmp_path, "eval", anomalies)
+    with pytest.raises(DataAnomalyError) as err:
+        check_anomalies(str(tmp_path), ["eval"])
+    msg = str(err.value)
+    assert "feature 'trip_seconds'" in msg and "column" in msg.lower(), msg

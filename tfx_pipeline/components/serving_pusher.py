@@ -11,6 +11,7 @@ records ``pushed = 0`` and why.
 
 # (no `from __future__ import annotations`: TFX parses the component signature at runtime)
 import json
+import math
 import os
 import shutil
 import time
@@ -30,28 +31,57 @@ def next_version(base: str) -> int:
     return max(versions, default=0) + 1
 
 
+_METRIC_NAMES = {"auc": "auc", "binary_crossentropy": "log_loss", "binary_accuracy": "binary_accuracy",
+                 "calibration": "calibration", "example_count": "example_count", "mean_label": "mean_label",
+                 "mean_prediction": "mean_prediction", "weighted_example_count": "weighted_example_count"}
+
+
+def _slice_value(key) -> str:
+    for field in ("bytes_value", "int64_value", "float_value"):
+        if key.HasField(field):
+            v = getattr(key, field)
+            return v.decode() if isinstance(v, bytes) else str(v)
+    return ""
+
+
+def _candidate_metrics(rec) -> dict:
+    out: dict = {}
+    for kv in rec.metric_keys_and_values:
+        if kv.key.is_diff or (kv.key.model_name and kv.key.model_name != "candidate"):
+            continue
+        if kv.key.name == "loss":  # the Keras compiled loss: BinaryCrossentropy again, i.e. log_loss
+            continue
+        if kv.value.HasField("double_value") and math.isfinite(kv.value.double_value.value):
+            # NaN (e.g. calibration on a slice with no positives) is left out: JSON has no NaN
+            out[_METRIC_NAMES.get(kv.key.name, kv.key.name)] = float(kv.value.double_value.value)
+    return out
+
+
 def evaluation_metrics(evaluation_uri: str) -> dict:
     """The overall slice's metrics from TFMA's output: ``{"auc": .., "log_loss": .., ...}``."""
     import tensorflow_model_analysis as tfma
 
-    names = {"auc": "auc", "binary_crossentropy": "log_loss", "binary_accuracy": "binary_accuracy",
-             "calibration": "calibration", "example_count": "example_count", "mean_label": "mean_label",
-             "mean_prediction": "mean_prediction", "weighted_example_count": "weighted_example_count"}
+    for rec in tfma.load_metrics(evaluation_uri):
+        if not rec.slice_key.single_slice_keys:
+            return _candidate_metrics(rec)
+    return {}
+
+
+def slice_metrics(evaluation_uri: str) -> dict:
+    """Per-slice metrics: ``{feature: {value: {"auc", "log_loss", "calibration", "example_count", ...}}}``,
+    values ordered by example count, largest first. AUC is absent where a slice holds one class only."""
+    import tensorflow_model_analysis as tfma
+
     out: dict = {}
     for rec in tfma.load_metrics(evaluation_uri):
-        if rec.slice_key.single_slice_keys:
+        keys = rec.slice_key.single_slice_keys
+        if len(keys) != 1:
             continue
-        for kv in rec.metric_keys_and_values:
-            if kv.key.is_diff:
-                continue
-            if kv.key.model_name and kv.key.model_name != "candidate":
-                continue
-            if kv.key.name == "loss":  # the Keras compiled loss: BinaryCrossentropy again, i.e. log_loss
-                continue
-            name = names.get(kv.key.name, kv.key.name)
-            if kv.value.HasField("double_value"):
-                out[name] = float(kv.value.double_value.value)
-    return out
+        m = _candidate_metrics(rec)
+        if "auc" in m and m.get("mean_label") in (0.0, 1.0):
+            del m["auc"]  # undefined on one class (TFMA reports a placeholder)
+        out.setdefault(keys[0].column, {})[_slice_value(keys[0])] = m
+    return {f: dict(sorted(v.items(), key=lambda kv: -kv[1].get("example_count", 0))) for f, v in out.items()}
 
 
 def validation_summary(evaluation_uri: str) -> dict:
@@ -64,7 +94,7 @@ def validation_summary(evaluation_uri: str) -> dict:
         return {"ok": None, "failures": [f"no validation result: {exc}"]}
     failures = []
     for f in result.metric_validations_per_slice:
-        where = ", ".join(f"{k.column}={k.bytes_value.decode() or k.int64_value or k.float_value}"
+        where = ", ".join(f"{k.column}={_slice_value(k)}"
                           for k in f.slice_key.single_slice_keys) or "overall"
         for m in f.failures:
             threshold = " ".join(str(m.metric_threshold).split())
@@ -107,6 +137,7 @@ def ServingPusher(  # noqa: N802
     blessed = int(model_blessing.get_int_custom_property("blessed") or 0) == 1
     validation = validation_summary(evaluation.uri)
     metrics = evaluation_metrics(evaluation.uri)
+    slices = slice_metrics(evaluation.uri)
     pushed_model.set_string_custom_property("metrics", json.dumps(metrics, sort_keys=True))
     pushed_model.set_string_custom_property("validation", json.dumps(validation, sort_keys=True))
     if not blessed:
@@ -126,6 +157,7 @@ def ServingPusher(  # noqa: N802
         "rows": {"train": examples.get_int_custom_property("rows_train"),
                  "eval": examples.get_int_custom_property("rows_eval")},
         "metrics": metrics,
+        "slice_metrics": slices,
         "blessed": True,
         "model_uri": model.uri,
         "pushed_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),

@@ -9,7 +9,6 @@ import shutil
 import time
 
 import grpc
-import numpy as np
 import pytest
 import requests
 import tensorflow as tf
