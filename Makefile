@@ -29,6 +29,7 @@ bench: setup
 	$(BIN)/python bench/stack_startup.py
 	$(BIN)/python bench/feature_pipeline.py
 	$(BIN)/python bench/training_set.py
+	$(BIN)/python bench/training.py
 	$(BIN)/python bench/serving.py
 
 down:

@@ -87,6 +87,13 @@ def test_blessed_model_is_pushed_with_lineage(first_run):
     assert lin["train_range"][1] < lin["eval_range"][0]
     assert lin["metrics"]["auc"] >= AUC_FLOOR and 0 < lin["metrics"]["log_loss"] < 0.5
     assert {"binary_accuracy", "calibration", "example_count"} <= set(lin["metrics"])
+    slices = lin["slice_metrics"]
+    assert slices == summary["slices"] and set(slices) == {"payment_type", "pickup_community_area"}
+    by_payment = slices["payment_type"]
+    assert sum(m["example_count"] for m in by_payment.values()) == lin["rows"]["eval"]
+    counts = [m["example_count"] for m in by_payment.values()]
+    assert counts == sorted(counts, reverse=True) and set(list(by_payment)[:2]) == {"Cash", "Credit Card"}
+    assert 0.5 < by_payment["Credit Card"]["auc"] <= 1 and by_payment["Cash"]["mean_label"] < 0.1
     for name in ("IcebergExampleGen", "StatisticsGen", "ExampleValidator", "AnomalyGate", "Transform",
                  "Trainer", "Evaluator", "ServingPusher"):
         assert summary["components"][name]["state"] == "COMPLETE", name
