@@ -94,3 +94,27 @@ def test_an_unreachable_server_is_unavailable_within_the_deadline():
     with pytest.raises(grpc.aio.AioRpcError) as err:
         asyncio.run(go())
     assert err.value.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
+
+
+def test_the_client_loads_without_tensorflow_and_speaks_the_same_bytes():
+    """serving/protos.py: the client's messages come without TensorFlow, and are TensorFlow's own."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    code = """
+import sys
+import serving.client as c
+assert "tensorflow.python" not in sys.modules, "TensorFlow was loaded"
+light = c.to_tensor([1.5, 2.5], c.types_pb2.DT_FLOAT).SerializeToString()
+import tensorflow as tf
+assert "tensorflow.python" in sys.modules and hasattr(tf, "constant")
+real = tf.make_tensor_proto([1.5, 2.5], dtype=tf.float32)
+assert type(real) is c.tensor_pb2.TensorProto
+assert c.from_tensor(real).tolist() == [1.5, 2.5]
+assert tf.make_ndarray(c.tensor_pb2.TensorProto.FromString(light)).tolist() == [1.5, 2.5]  # TF's own decoder
+print("ok")
+"""
+    root = Path(__file__).resolve().parents[2]
+    out = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and out.stdout.strip().endswith("ok"), out.stderr[-2000:]
