@@ -91,5 +91,7 @@ LABELS = EventSource(
 
 SOURCES = {s.name: s for s in (TRIPS, LABELS)}
 
-# every topic the platform reads or dead-letters to (before a tenant's prefix)
-TOPICS = tuple(t for s in SOURCES.values() for t in (s.topic, s.dlq_topic))
+PREDICTIONS_TOPIC = "predictions"  # the enrichment job's output, one JSON record per completed trip
+
+# every topic the platform reads, writes or dead-letters to (before a tenant's prefix)
+TOPICS = (*(t for s in SOURCES.values() for t in (s.topic, s.dlq_topic)), PREDICTIONS_TOPIC)

@@ -114,6 +114,28 @@ class ServingConfig(_Section):
         return _hostport(v, info.field_name)
 
 
+class EnrichConfig(_Section):
+    """The enrichment job (`liveml submit enrich`): which model it calls and how it waits."""
+
+    label: str = "stable"  # the version label most traffic goes to
+    canary_label: str = "canary"
+    canary_fraction: float = Field(0.0, ge=0.0, le=1.0)  # share of trips sent to canary_label instead
+    shadow_label: str | None = None  # also called on every trip; its score is recorded, never used
+    signature: str = "serving_default"
+    capacity: int = Field(200, ge=1)  # in-flight requests per operator instance
+    timeout_ms: int = Field(2000, ge=1)  # the operator's overall budget per event, retries included
+    deadline_ms: int = Field(500, ge=1)  # each gRPC call's deadline
+    retries: int = Field(3, ge=0)  # transient failures (UNAVAILABLE) retried, with exponential backoff
+    backoff_ms: int = Field(50, ge=1)
+    ordered: bool = False  # emit in input order (ordered_wait) instead of as answers come
+
+    @model_validator(mode="after")
+    def _deadline_fits(self) -> "EnrichConfig":
+        if self.deadline_ms > self.timeout_ms:
+            raise ValueError(f"deadline_ms ({self.deadline_ms}) must not exceed timeout_ms ({self.timeout_ms})")
+        return self
+
+
 class CatalogConfig(_Section):
     """The Iceberg JDBC catalog shared by pyiceberg and Flink.
 
@@ -150,6 +172,7 @@ class LivemlConfig(_Section):
     redis: RedisConfig = RedisConfig()
     flink: FlinkConfig = FlinkConfig()
     serving: ServingConfig = ServingConfig()
+    enrich: EnrichConfig = EnrichConfig()
     catalog: CatalogConfig = CatalogConfig()
     prometheus: PrometheusConfig = PrometheusConfig()
     source: str | None = Field(None, description="the YAML file this config came from, if any")

@@ -23,6 +23,7 @@ JOBS: dict[str, str] = {
     "proof": "flink_jobs/proof_job.py",
     "features": "flink_jobs/features_job.py",
     "backfill": "flink_jobs/backfill_job.py",
+    "enrich": "flink_jobs/enrich_job.py",
 }
 
 

@@ -44,7 +44,9 @@ def _score(features: dict[str, tf.Tensor], bias: tf.Variable) -> tf.Tensor:
         value = features[name]
         if value.dtype == tf.string:
             value = tf.strings.to_hash_bucket_fast(value, 7)
-        logit = logit + weight * tf.cast(value, tf.float32)
+        value = tf.cast(value, tf.float32)
+        # a missing number (NaN, as the real model's serving signature takes it) contributes nothing
+        logit = logit + weight * tf.where(tf.math.is_nan(value), tf.zeros_like(value), value)
     return tf.sigmoid(logit)
 
 

@@ -1,0 +1,160 @@
+"""The enrichment job: completed trips from Kafka -> context features -> a live prediction -> Kafka
+``predictions`` and the Iceberg table ``predictions.trips``.
+
+    Kafka trips (end events, validated by the same SQL as the feature job)
+      -> to_data_stream -> AsyncDataStream.unordered_wait_with_retry(EnrichFunction)   [flink_jobs/enrich_operator.py]
+      -> from_data_stream -> INSERT INTO predictions.trips (Iceberg, exactly once on checkpoints)
+                          -> INSERT INTO the Kafka topic predictions (JSON)
+
+Run it with `liveml submit enrich`, or as a Flink user would:
+
+    flink run -m localhost:8081 -py flink_jobs/enrich_job.py -pyexec .venv/bin/python \\
+        -pyclientexec .venv/bin/python
+
+Malformed trip events are not this job's to report: the feature job dead-letters them (``trips.dlq``) and
+this one skips them with the same validation.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Sequence
+
+from pyflink.common import Time, Types
+from pyflink.datastream import AsyncDataStream, StreamExecutionEnvironment
+from pyflink.datastream.async_retry_strategies import ExponentialBackoffDelayRetryStrategy
+from pyflink.table import StreamTableEnvironment
+from pyiceberg.types import DoubleType, IntegerType, LongType, StringType, TimestamptzType
+
+from flink_jobs import feature_sql as fsql
+from flink_jobs.common import catalog_ddl, ensure_pipeline_jars
+from flink_jobs.enrich_operator import EnrichFunction, StatusIs
+from flink_jobs.features_job import configure
+from iceberg_schemas.sources import PREDICTIONS_TOPIC, TRIPS
+from iceberg_schemas.tables import PREDICTIONS
+from iceberg_schemas.training import TIPS
+from liveml.config import EnrichConfig, LivemlConfig, load_config
+
+_ICEBERG_TO_FLINK = {StringType: Types.STRING(), LongType: Types.LONG(), DoubleType: Types.DOUBLE(),
+                     IntegerType: Types.INT(), TimestamptzType: Types.LONG()}  # times travel as epoch ms
+_SQL = {StringType: "STRING", LongType: "BIGINT", DoubleType: "DOUBLE", IntegerType: "INT",
+        TimestamptzType: "BIGINT"}
+
+
+def input_fields() -> list[tuple[str, str]]:
+    """``(name, source type)`` of what the operator needs from a trip event: its id and time, and every
+    request-time field and view entity of the training set (never a hand-typed list)."""
+    names = ["trip_id", "event_time", *TIPS.context_fields, *(v.entity for v in TIPS.feature_views)]
+    seen = list(dict.fromkeys(names))
+    return [(n, TRIPS.field(n).type) for n in seen]
+
+
+def output_fields() -> list[tuple[str, object]]:
+    """The predictions table's columns, in order, with their Iceberg types."""
+    return [(f.name, type(f.field_type)) for f in PREDICTIONS.schema.fields]
+
+
+def trips_query(fields: list[tuple[str, str]]) -> str:
+    cols = ", ".join("CAST(JSON_VALUE(payload, '$.event_time') AS BIGINT) AS event_time" if n == "event_time"
+                     else f"`{n}`" for n, _ in fields)
+    return f"SELECT {cols} FROM {TRIPS.name}_good WHERE event_type = 'end'"
+
+
+def kafka_sink_ddl(cfg: LivemlConfig, exactly_once: bool) -> str:
+    cols = ",\n  ".join(f"`{n}` {_SQL[t]}" for n, t in output_fields())
+    opts = {"connector": "kafka", "topic": cfg.kafka.topic(PREDICTIONS_TOPIC),
+            "properties.bootstrap.servers": cfg.kafka.bootstrap_servers, "format": "json",
+            "key.format": "raw", "key.fields": "trip_id"}
+    if exactly_once:
+        opts.update({"sink.delivery-guarantee": "exactly-once",
+                     "sink.transactional-id-prefix": f"liveml-{cfg.kafka.topic_prefix}predictions",
+                     "properties.transaction.timeout.ms": "900000"})
+    else:
+        opts["sink.delivery-guarantee"] = "at-least-once"
+    with_ = ",\n  ".join(f"'{k}' = '{v}'" for k, v in opts.items())
+    return f"CREATE TEMPORARY TABLE predictions_kafka (\n  {cols}\n) WITH (\n  {with_}\n)"
+
+
+def iceberg_insert(catalog: str) -> str:
+    cols = [n for n, _ in output_fields()]
+    select = ", ".join(f"CAST(TO_TIMESTAMP_LTZ(`{n}`, 3) AS TIMESTAMP_LTZ(6))" if t is TimestamptzType else f"`{n}`"
+                       for n, t in output_fields())
+    target = f"`{catalog}`.`{PREDICTIONS.namespace}`.`{PREDICTIONS.name}`"
+    return f"INSERT INTO {target} ({', '.join(f'`{c}`' for c in cols)}) SELECT {select} FROM enriched"
+
+
+def operator_settings(cfg: LivemlConfig, enrich: EnrichConfig) -> dict:
+    return {"grpc": cfg.serving.grpc, "redis_url": cfg.redis.url, "model_name": cfg.serving.model_name,
+            **enrich.model_dump()}
+
+
+def build_enrich_job(env: StreamExecutionEnvironment, t_env: StreamTableEnvironment, cfg: LivemlConfig,
+                     enrich: EnrichConfig, bounded: bool = False, since_ms: int | None = None,
+                     kafka_sink: bool = True, exactly_once_kafka: bool = True):
+    """Declare the job on ``t_env``; returns the statement set (attached to ``env`` by the caller)."""
+    t_env.execute_sql(catalog_ddl(cfg))
+    t_env.execute_sql(fsql.kafka_source_ddl(TRIPS, cfg, group_id="liveml-enrich", bounded=bounded,
+                                            since_ms=since_ms))
+    t_env.execute_sql(fsql.extract_view_ddl(TRIPS))
+    t_env.execute_sql(fsql.parsed_view_ddl(TRIPS))
+    t_env.execute_sql(fsql.good_view_ddl(TRIPS))
+    fields_in = input_fields()
+    trips = t_env.to_data_stream(t_env.sql_query(trips_query(fields_in)))  # Rows named as the fields
+    out = output_fields()
+    names = [n for n, _ in out]
+    out_type = Types.ROW_NAMED(names, [_ICEBERG_TO_FLINK[t] for _, t in out])
+    function = EnrichFunction(operator_settings(cfg, enrich), names)
+    # max_attempts counts retries (PyFlink calls it attempts); the backoff grows per retry up to 10x
+    strategy = ExponentialBackoffDelayRetryStrategy(
+        enrich.retries, enrich.backoff_ms, enrich.backoff_ms * 10, 2.0,
+        result_predicate=StatusIs(names.index("status")), exception_predicate=None)
+    wait = AsyncDataStream.ordered_wait_with_retry if enrich.ordered else AsyncDataStream.unordered_wait_with_retry
+    enriched = wait(trips, function, Time.milliseconds(enrich.timeout_ms), strategy, enrich.capacity, out_type) \
+        .name("predict (async gRPC)").uid("liveml-enrich-predict")
+    t_env.create_temporary_view("enriched", t_env.from_data_stream(enriched))
+    stmts = t_env.create_statement_set()
+    stmts.add_insert_sql(iceberg_insert(cfg.catalog.name))
+    if kafka_sink:
+        t_env.execute_sql(kafka_sink_ddl(cfg, exactly_once_kafka))
+        stmts.add_insert_sql(f"INSERT INTO predictions_kafka SELECT {', '.join(f'`{n}`' for n in names)} "
+                             "FROM enriched")
+    return stmts
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--bounded", action="store_true", help="stop at the offsets that were latest at start")
+    parser.add_argument("--since-ms", type=int, default=None, help="read events from this Kafka timestamp")
+    parser.add_argument("--parallelism", type=int, default=None)
+    parser.add_argument("--canary-fraction", type=float, default=None)
+    parser.add_argument("--shadow-label", default=None)
+    parser.add_argument("--capacity", type=int, default=None)
+    parser.add_argument("--timeout-ms", type=int, default=None)
+    parser.add_argument("--deadline-ms", type=int, default=None)
+    parser.add_argument("--ordered", action="store_true", default=None)
+    parser.add_argument("--kafka-at-least-once", action="store_true",
+                        help="predictions reach Kafka at once instead of at each checkpoint (Iceberg stays "
+                             "exactly once)")
+    parser.add_argument("--no-kafka", action="store_true", help="write predictions to Iceberg only")
+    parser.add_argument("--config", default=None, help="liveml.yaml to read addresses from")
+    args = parser.parse_args(argv)
+
+    cfg = load_config(args.config)
+    overrides = {k: v for k, v in {"canary_fraction": args.canary_fraction, "shadow_label": args.shadow_label,
+                                   "capacity": args.capacity, "timeout_ms": args.timeout_ms,
+                                   "deadline_ms": args.deadline_ms, "ordered": args.ordered}.items()
+                 if v is not None}
+    enrich = EnrichConfig(**{**cfg.enrich.model_dump(), **overrides})
+    env = StreamExecutionEnvironment.get_execution_environment()
+    t_env = StreamTableEnvironment.create(env)
+    ensure_pipeline_jars(t_env, cfg)
+    configure(t_env, args.parallelism, "liveml-enrich")
+    stmts = build_enrich_job(env, t_env, cfg, enrich, bounded=args.bounded, since_ms=args.since_ms,
+                             kafka_sink=not args.no_kafka, exactly_once_kafka=not args.kafka_at_least_once)
+    stmts.attach_as_datastream()
+    env.execute("liveml-enrich")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
