@@ -31,6 +31,7 @@ bench: setup
 	$(BIN)/python bench/training_set.py
 	$(BIN)/python bench/training.py
 	$(BIN)/python bench/serving.py
+	$(BIN)/python bench/enrichment.py
 
 down:
 	-@[ -x $(BIN)/liveml ] && $(BIN)/liveml down

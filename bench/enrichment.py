@@ -1,0 +1,461 @@
+"""Benchmark: the enrichment job (Kafka trips -> features -> async Predict -> Kafka predictions + Iceberg).
+
+Setup, on the running local stack (`liveml up`), each run in a tenant of its own (fresh topics, catalog and
+Redis database): our model server as a process (stand-in model, labels stable/canary/shadow) started with
+``--delay_ms 5`` to mimic a remote model, so every ``Predict`` request takes at least 5 ms. The feature job
+is not running: every context feature reads as missing from Redis (the reads still happen), so the figures
+are the enrichment path alone. Input: resampled real trips' end events (only end events are scored), each
+re-timed to its produce time (``event_time`` = Kafka record timestamp = the moment it was sent).
+
+Figures, medians over ``--repeats`` runs, parallelism 2:
+
+* ``async_events_per_s``: enriched events/s end to end. A backlog of ``--events`` end events is produced
+  first, then `liveml submit enrich -- --bounded --kafka-at-least-once --parallelism 2` scores it; the rate
+  is (scored trips - 1) / (Kafka timestamp of the last prediction - that of the first), read back from the
+  ``predictions`` topic (read_uncommitted; the at-least-once sink writes at once, duplicates counted once).
+  Job start-up (Python workers booting) is outside that window; ``async_job_events_per_s`` is the same
+  count over the job's RUNNING -> FINISHED wall time, start-up and the final Iceberg commit included.
+* ``sync_events_per_s``: the baseline, measured in the same run against the same server, same delay, same
+  parallelism, same Kafka source and Kafka sink: a PyFlink ``map`` making one blocking ``Predict`` per event
+  (``grpc.insecure_channel``; no Redis reads, all context missing; no Iceberg sink, which favours the
+  baseline). It is this file run as a job (``--baseline-job``), over ``--baseline-events`` end events (it
+  is slow), timed the same way. ``ratio`` = async / sync (target >= 5).
+* ``latency_p50_ms`` / ``latency_p99_ms``: added latency, event in -> prediction out, with the job running
+  unbounded (at-least-once Kafka sink) and end events produced live at ``--rate`` events/s for
+  ``--latency-seconds``: Kafka timestamp of the trip's prediction record (the sink's produce time) minus the
+  Kafka timestamp of its end event (its produce time). Measured after a warm-up batch has been scored.
+  The rate must stay below the sustained throughput, or this measures a growing queue: at 1,000/s on this
+  shared 2-core machine (other jobs running, async throughput ~870/s) latency grew from 1.5 s to 3.5 s
+  over 10 s. The sink's record timestamp is its produce time (checked: it trails the row's
+  ``predicted_at``, never equals the event time).
+* ``worker_rss_mb``: the largest resident set of the Python worker processes (``pyflink.fn_execution``
+  processes that appeared after the async job was submitted), sampled every 0.5 s while it ran.
+  ``worker_tensorflow_loaded`` says whether any of them mapped TensorFlow's shared library: the client
+  loads TF Serving's protos without TensorFlow (serving/protos.py), so it should be false.
+
+Writes flat JSON to LIVEML_HOME/bench/enrichment.json.
+
+    .venv/bin/python bench/enrichment.py [--events 20000] [--repeats 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+MODEL = "tips"
+
+
+# --- the synchronous baseline job (runs inside Flink: `flink run -py bench/enrichment.py --baseline-job`) ---
+def baseline_job(argv: list[str]) -> None:
+    from pyflink.common import Row, Types
+    from pyflink.datastream import MapFunction, StreamExecutionEnvironment
+    from pyflink.table import StreamTableEnvironment
+
+    from flink_jobs import feature_sql as fsql
+    from flink_jobs.common import ensure_pipeline_jars
+    from flink_jobs.enrich_job import (_ICEBERG_TO_FLINK, input_fields, kafka_sink_ddl, output_fields,
+                                       trips_query)
+    from flink_jobs.features_job import configure
+    from iceberg_schemas.sources import TRIPS
+    from liveml.config import load_config
+
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--baseline-job", action="store_true")
+    parser.add_argument("--config", required=True)
+    parser.add_argument("--parallelism", type=int, default=2)
+    parser.add_argument("--bounded", action="store_true")
+    args = parser.parse_args(argv)
+    cfg = load_config(args.config)
+
+    class SyncPredict(MapFunction):
+        """One blocking Predict per event, the way a plain ``map`` would call a model."""
+
+        def __init__(self, address: str, model: str, label: str, signature: str, deadline_s: float,
+                     names: list[str]):
+            self.address, self.model, self.label = address, model, label
+            self.signature, self.deadline_s, self.names = signature, deadline_s, names
+
+        def open(self, runtime_context) -> None:
+            import grpc
+
+            from serving.protos import light_tensorflow
+            from tfx_pipeline.features import missing_serving_value
+
+            with light_tensorflow():
+                from tensorflow_serving.apis import (get_model_metadata_pb2, predict_pb2,
+                                                     prediction_service_pb2_grpc)
+            from serving.client import PredictionClient
+
+            self.predict_pb2, self.missing = predict_pb2, missing_serving_value
+            self.channel = grpc.insecure_channel(self.address)
+            self.stub = prediction_service_pb2_grpc.PredictionServiceStub(self.channel)
+            req = get_model_metadata_pb2.GetModelMetadataRequest(
+                model_spec=PredictionClient.spec(self.model), metadata_field=["signature_def"])
+            resp = self.stub.GetModelMetadata(req, timeout=10)
+            defs = get_model_metadata_pb2.SignatureDefMap()
+            resp.metadata["signature_def"].Unpack(defs)
+            self.dtypes = {k: v.dtype for k, v in defs.signature_def[self.signature].inputs.items()}
+            self.spec = PredictionClient.spec(self.model, label=self.label, signature=self.signature)
+
+        def close(self) -> None:
+            self.channel.close()
+
+        def map(self, value):
+            import grpc
+
+            from flink_jobs import enrich as E
+            from serving.client import from_tensor, to_tensor
+
+            started = time.time()
+            event = value.as_dict()
+            assembled = E.assemble(event, [None] * len(E.context_requests(event)))
+            inputs = E.model_inputs(assembled.features, self.missing)
+            req = self.predict_pb2.PredictRequest(model_spec=self.spec)
+            for name, dtype in self.dtypes.items():
+                req.inputs[name].CopyFrom(to_tensor(inputs[name], dtype))
+            try:
+                resp = self.stub.Predict(req, timeout=self.deadline_s)
+                outputs = resp.outputs
+                scores = outputs["probabilities"] if "probabilities" in outputs else next(iter(outputs.values()))
+                outcome = E.Outcome("ok", float(from_tensor(scores).reshape(-1)[0]), resp.model_spec.version.value)
+            except grpc.RpcError as exc:
+                outcome = E.Outcome(E.status_of(exc.code().name), reason=str(exc.details()))
+            now = time.time()
+            row = E.prediction_row(event, assembled, outcome, self.model, self.label, (now - started) * 1000,
+                                   int(now * 1000))
+            return Row(*(row[n] for n in self.names))
+
+    env = StreamExecutionEnvironment.get_execution_environment()
+    t_env = StreamTableEnvironment.create(env)
+    ensure_pipeline_jars(t_env, cfg)
+    configure(t_env, args.parallelism, "bench-enrich-sync")
+    t_env.execute_sql(fsql.kafka_source_ddl(TRIPS, cfg, group_id="bench-enrich-sync", bounded=args.bounded))
+    t_env.execute_sql(fsql.extract_view_ddl(TRIPS))
+    t_env.execute_sql(fsql.parsed_view_ddl(TRIPS))
+    t_env.execute_sql(fsql.good_view_ddl(TRIPS))
+    trips = t_env.to_data_stream(t_env.sql_query(trips_query(input_fields())))
+    out = output_fields()
+    names = [n for n, _ in out]
+    out_type = Types.ROW_NAMED(names, [_ICEBERG_TO_FLINK[t] for _, t in out])
+    fn = SyncPredict(cfg.serving.grpc, cfg.serving.model_name, cfg.enrich.label, cfg.enrich.signature,
+                     cfg.enrich.deadline_ms / 1000.0, names)
+    enriched = trips.map(fn, output_type=out_type).name("predict (sync gRPC)")
+    t_env.create_temporary_view("enriched", t_env.from_data_stream(enriched))
+    t_env.execute_sql(kafka_sink_ddl(cfg, exactly_once=False))
+    stmts = t_env.create_statement_set()
+    stmts.add_insert_sql(f"INSERT INTO predictions_kafka SELECT {', '.join(f'`{n}`' for n in names)} FROM enriched")
+    stmts.attach_as_datastream()
+    env.execute("bench-enrich-sync")
+
+
+# --- the driver ---------------------------------------------------------------------------------------------
+def end_events(n: int, seed: int) -> list:
+    """``n`` resampled real trips' end events (values only; re-timed when sent)."""
+    from flink_jobs import replay as rp
+
+    k = n // 15002 + 1
+    events = rp.build_events(amplify_k=k, seed=seed, trips_per_s=1000.0)
+    return [e for e in events if e.topic == rp.TRIPS_TOPIC and e.value["event_type"] == "end"][:n]
+
+
+def produce(cfg, events: list, rate: float | None = None) -> dict[str, int]:
+    """Send the end events, each with event_time = Kafka timestamp = now; returns trip id -> that time
+    for the events that pass the source contract (the ones the job scores)."""
+    import pandas as pd
+
+    from flink_jobs import replay as rp
+    from tests.reference import valid
+
+    producer = rp.kafka_producer(cfg.kafka.bootstrap_servers)
+    topic = cfg.kafka.topic(rp.TRIPS_TOPIC)
+    sent: dict[str, int] = {}
+    values = []
+    t0 = time.monotonic()
+    for i, ev in enumerate(events):
+        if rate:
+            wait = i / rate - (time.monotonic() - t0)
+            if wait > 0:
+                producer.poll(0)
+                time.sleep(wait)
+        now = int(time.time() * 1000)
+        value = {**ev.value, "event_time": now}
+        while True:
+            try:
+                producer.produce(topic, key=ev.key.encode(), value=json.dumps(value).encode(), timestamp=now)
+                break
+            except BufferError:
+                producer.poll(0.05)
+        sent[value["trip_id"]] = now
+        values.append(value)
+    if producer.flush(60):
+        raise RuntimeError("events not acknowledged by Kafka")
+    frame = pd.DataFrame(values)
+    ok = set(frame.loc[valid(frame, "trips"), "trip_id"])
+    return {t: ms for t, ms in sent.items() if t in ok}
+
+
+def read_predictions(cfg, want: set[str], until, idle_s: float = 5.0, timeout_s: float = 600) -> dict[str, int]:
+    """trip id -> Kafka timestamp of its first prediction record, until every wanted trip is seen, or
+    ``until()`` is true and nothing new came for ``idle_s``."""
+    from confluent_kafka import Consumer
+
+    from iceberg_schemas.sources import PREDICTIONS_TOPIC
+
+    consumer = Consumer({"bootstrap.servers": cfg.kafka.bootstrap_servers, "group.id": f"bench-{time.time()}",
+                         "auto.offset.reset": "earliest", "enable.auto.commit": False,
+                         "isolation.level": "read_uncommitted"})
+    consumer.subscribe([cfg.kafka.topic(PREDICTIONS_TOPIC)])
+    seen: dict[str, int] = {}
+    statuses: dict[str, int] = {}
+    last_new = time.monotonic()
+    deadline = time.monotonic() + timeout_s
+    try:
+        while time.monotonic() < deadline and not want <= seen.keys():
+            msgs = consumer.consume(2000, timeout=0.5)
+            for m in msgs:
+                if m.error():
+                    continue
+                rec = json.loads(m.value())
+                if rec["trip_id"] not in seen:
+                    seen[rec["trip_id"]] = m.timestamp()[1]
+                    statuses[rec["status"]] = statuses.get(rec["status"], 0) + 1
+                    last_new = time.monotonic()
+            if time.monotonic() - last_new > idle_s and until():
+                break
+    finally:
+        consumer.close()
+    if statuses.keys() - {"ok"}:
+        print(f"      statuses: {statuses}", flush=True)
+    return seen
+
+
+def rate_of(times: dict[str, int]) -> float:
+    ts = sorted(times.values())
+    return (len(ts) - 1) / max((ts[-1] - ts[0]) / 1000.0, 1e-3)
+
+
+def job_state(cfg, job_id: str) -> dict:
+    from liveml import flink
+
+    return flink.job_detail(cfg, job_id)
+
+
+def wait_running(cfg, job_id: str, timeout: float = 180) -> None:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        job = job_state(cfg, job_id)
+        if job["state"] in ("FAILED", "CANCELED", "FINISHED"):
+            raise RuntimeError(f"job {job_id} is {job['state']}")
+        if job["state"] == "RUNNING" and all(v["status"] in ("RUNNING", "FINISHED") for v in job["vertices"]):
+            return
+        time.sleep(0.5)
+    raise RuntimeError(f"job {job_id} not running after {timeout} s")
+
+
+def python_workers() -> dict[int, object]:
+    import psutil
+
+    out = {}
+    for p in psutil.process_iter(["pid", "cmdline"]):
+        if any("pyflink.fn_execution" in c for c in (p.info["cmdline"] or [])):
+            out[p.info["pid"]] = p
+    return out
+
+
+class RssSampler:
+    """Max RSS of the Python workers that were not there at construction time."""
+
+    def __init__(self):
+        self.before = set(python_workers())
+        self.max_mb = 0.0
+        self.tensorflow = False
+        self.workers: set[int] = set()
+
+    def sample(self) -> None:
+        import psutil
+
+        for pid, p in python_workers().items():
+            if pid in self.before:
+                continue
+            try:
+                self.max_mb = max(self.max_mb, p.memory_info().rss / 2**20)
+                if pid not in self.workers:
+                    self.workers.add(pid)
+                self.tensorflow |= any("tensorflow_framework" in m.path or "_pywrap_tensorflow" in m.path
+                                       for m in p.memory_maps())
+            except (psutil.NoSuchProcess, psutil.AccessDenied):
+                pass
+
+
+def submit(cfg, tenant: Path, job: str, *args: str) -> str:
+    from liveml import flink
+
+    return flink.submit(cfg, job, ["--config", str(tenant), *args])["job_id"]
+
+
+def cancel(cfg, job_id: str) -> None:
+    from liveml import flink
+
+    try:
+        if job_state(cfg, job_id)["state"] not in ("FINISHED", "FAILED", "CANCELED"):
+            flink.cancel_job(cfg, job_id)
+    except Exception as exc:  # noqa: BLE001 - best effort on the way out
+        print(f"      (could not cancel {job_id}: {exc})", flush=True)
+
+
+def bounded_run(cfg, tenant: Path, job: str, job_args: list[str], ids: dict[str, int],
+                sampler: RssSampler | None = None) -> dict:
+    """Submit a bounded job over the backlog already in Kafka, wait for FINISHED, read its predictions."""
+    job_id = submit(cfg, tenant, job, "--bounded", "--parallelism", "2", *job_args)
+    try:
+        deadline = time.time() + 900
+        while time.time() < deadline:
+            state = job_state(cfg, job_id)["state"]
+            if sampler:
+                sampler.sample()
+            if state in ("FINISHED", "FAILED", "CANCELED"):
+                break
+            time.sleep(0.5)
+        job = job_state(cfg, job_id)
+        if job["state"] != "FINISHED":
+            raise RuntimeError(f"job {job_id} ended {job['state']}")
+    finally:
+        cancel(cfg, job_id)
+    seen = read_predictions(cfg, set(ids), until=lambda: True)
+    got = len(seen.keys() & ids.keys())
+    if got < len(ids):
+        print(f"      warning: {got} of {len(ids)} trips have a prediction", flush=True)
+    ts = job["timestamps"]
+    wall = (ts["FINISHED"] - ts["RUNNING"]) / 1000.0
+    return {"events_per_s": rate_of(seen), "job_events_per_s": len(seen) / wall, "scored": len(seen),
+            "job_seconds": wall}
+
+
+def latency_run(cfg, tenant: Path, events: list, rate: float, seconds: float) -> list[float]:
+    job_id = submit(cfg, tenant, "enrich", "--kafka-at-least-once", "--parallelism", "2")
+    try:
+        wait_running(cfg, job_id)
+        warm = produce(cfg, events[:200])  # boots the workers' channels and connection pools
+        if len(read_predictions(cfg, set(warm), until=lambda: False, timeout_s=180).keys() & warm.keys()) < len(warm):
+            raise RuntimeError("warm-up predictions did not all arrive")
+        n = int(rate * seconds)
+        live = produce(cfg, events[200:200 + n], rate=rate)
+        seen = read_predictions(cfg, set(warm) | set(live), until=lambda: True, timeout_s=120)
+    finally:
+        cancel(cfg, job_id)
+    return [float(seen[t] - sent) for t, sent in live.items() if t in seen]
+
+
+def main() -> None:
+    if "--baseline-job" in sys.argv:
+        baseline_job(sys.argv[1:])
+        return
+    import numpy as np
+    import yaml
+
+    from liveml.config import load_config
+    from liveml.stack import launcher
+    from liveml.tenant import create_tenant
+    from tests.integration.test_enrich_job import ModelServer
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--events", type=int, default=20_000, help="backlog of end events for the async run")
+    parser.add_argument("--baseline-events", type=int, default=5_000, help="backlog for the synchronous run")
+    parser.add_argument("--rate", type=float, default=500.0, help="end events/s for the latency run")
+    parser.add_argument("--latency-seconds", type=float, default=20.0)
+    parser.add_argument("--delay-ms", type=float, default=5.0, help="the model server's added delay per request")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--seed", type=int, default=11)
+    args = parser.parse_args()
+
+    base = load_config()
+    launcher.up(base)
+    run = f"bench{int(time.time()) % 100000}"
+    home = Path(tempfile.mkdtemp(prefix="bench-enrich-"))
+    server = ModelServer(home)
+    print(f"model server with --delay_ms {args.delay_ms} (log: {home / 'server.log'})", flush=True)
+    server.start(delay_ms=args.delay_ms)
+
+    def tenant(name: str, db: int) -> tuple[Path, object]:
+        path = create_tenant(base, f"{run}-{name}", db)
+        data = yaml.safe_load(path.read_text())
+        data.setdefault("serving", {}).update(grpc=server.address, model_name=MODEL)
+        data["enrich"] = {"canary_fraction": 0.0, "shadow_label": None}
+        path.write_text(yaml.safe_dump(data))
+        return path, load_config(path, env={})
+
+    events = end_events(max(args.events, args.baseline_events, 200 + int(args.rate * args.latency_seconds)),
+                        args.seed)
+    runs, syncs, lats, rss = [], [], [], []
+    tf_loaded = False
+    try:
+        for i in range(args.repeats):
+            print(f"[{i + 1}/{args.repeats}] async: {args.events:,} end events, bounded, parallelism 2", flush=True)
+            path, cfg = tenant(f"async{i}", 12)
+            ids = produce(cfg, events[:args.events])
+            sampler = RssSampler()
+            r = bounded_run(cfg, path, "enrich", ["--kafka-at-least-once"], ids, sampler)
+            runs.append(r)
+            rss.append(sampler.max_mb)
+            tf_loaded |= sampler.tensorflow
+            print(f"      {r['scored']:,} scored: {r['events_per_s']:,.0f} events/s (job wall "
+                  f"{r['job_seconds']:.1f} s = {r['job_events_per_s']:,.0f}/s); worker RSS max "
+                  f"{sampler.max_mb:.0f} MB over {len(sampler.workers)} processes", flush=True)
+
+            print(f"      sync baseline: {args.baseline_events:,} end events", flush=True)
+            path, cfg = tenant(f"sync{i}", 13)
+            ids = produce(cfg, events[:args.baseline_events])
+            s = bounded_run(cfg, path, str(Path(__file__).resolve()), ["--baseline-job"], ids)
+            syncs.append(s)
+            print(f"      {s['scored']:,} scored: {s['events_per_s']:,.0f} events/s (job wall "
+                  f"{s['job_seconds']:.1f} s)", flush=True)
+
+            print(f"      latency: {args.rate:,.0f} end events/s for {args.latency_seconds:.0f} s, unbounded",
+                  flush=True)
+            path, cfg = tenant(f"lat{i}", 14)
+            lat = latency_run(cfg, path, events, args.rate, args.latency_seconds)
+            lats.append(lat)
+            print(f"      {len(lat):,} samples: p50 {np.percentile(lat, 50):.0f} ms, p99 "
+                  f"{np.percentile(lat, 99):.0f} ms", flush=True)
+    finally:
+        server.stop()
+
+    med = statistics.median
+    async_eps = med(r["events_per_s"] for r in runs)
+    sync_eps = med(s["events_per_s"] for s in syncs)
+    result = {
+        "async_events_per_s": round(async_eps, 1),
+        "async_job_events_per_s": round(med(r["job_events_per_s"] for r in runs), 1),
+        "sync_events_per_s": round(sync_eps, 1),
+        "ratio": round(async_eps / sync_eps, 2),
+        "latency_p50_ms": round(med(float(np.percentile(lat, 50)) for lat in lats), 1),
+        "latency_p99_ms": round(med(float(np.percentile(lat, 99)) for lat in lats), 1),
+        "latency_samples": sum(len(lat) for lat in lats),
+        "worker_rss_mb": round(med(rss), 1),
+        "worker_tensorflow_loaded": tf_loaded,
+        "n_events": args.events,
+        "baseline_events": args.baseline_events,
+        "latency_rate": args.rate,
+        "parallelism": 2,
+        "server_delay_ms": args.delay_ms,
+        "repeats": args.repeats,
+    }
+    out = base.path("bench", "enrichment.json")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2))
+    print(json.dumps(result, indent=2))
+    print(f"async / sync: {result['ratio']}x (target >= 5); async {async_eps:,.0f} events/s (target >= 2,000)")
+    print(f"written to {out}")
+
+
+if __name__ == "__main__":
+    main()
