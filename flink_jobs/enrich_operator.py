@@ -1,8 +1,11 @@
 """The enrichment job's async operator: :class:`EnrichFunction`, a PyFlink ``AsyncFunction``.
 
-Per completed trip: read the context features from the online store (``redis.asyncio``), assemble the
-model's inputs (:mod:`flink_jobs.enrich`), call ``Predict`` on the model server through
+Per batch of completed trips (the job groups the end events of a few milliseconds), for each trip: read
+the context features from the online store (``redis.asyncio``), assemble the model's inputs
+(:mod:`flink_jobs.enrich`), call ``Predict`` on the model server through
 :class:`serving.client.PredictionClient` (``grpc.aio``), and emit one prediction row, whatever happened.
+Timeouts and retries apply to the batch: a batch with an ``unavailable`` row is retried whole, and a batch
+past its budget gets a ``timeout`` row per trip.
 
 How PyFlink 2.2 runs it, and what that dictates (each point was measured on this version):
 
@@ -44,7 +47,8 @@ class _Metrics:
     distribution ``latency_ms``. Prometheus sees them as ``flink_taskmanager_job_task_operator_liveml_...``.
     """
 
-    def __init__(self, ctx: RuntimeContext):
+    def __init__(self, ctx: RuntimeContext, field_names: list[str]):
+        self.index = {n: i for i, n in enumerate(field_names)}
         self.lock = threading.Lock()
         self.group = ctx.get_metrics_group().add_group("liveml").add_group("enrich")
         self.by_key: dict[tuple[str, str], int] = defaultdict(int)  # (version, status) -> rows
@@ -64,13 +68,15 @@ class _Metrics:
         self.group.gauge("latency_p99_ms", lambda: self._quantile(0.99))
         self.group.gauge("flushed_rows", self.flush)
 
-    def record(self, row: dict) -> None:
-        version = str(row["model_version"]) if row["model_version"] is not None else "none"
+    def record(self, row: Row) -> None:
+        version = str(row[self.index["model_version"]]) if row[self.index["model_version"]] is not None \
+            else "none"
+        status, latency = row[self.index["status"]], row[self.index["latency_ms"]]
         with self.lock:
-            self.by_key[(version, row["status"])] += 1
-            self.latencies.append(row["latency_ms"])
-            self._new_latencies.append(row["latency_ms"])
-            self.timeouts += row["status"] == "timeout"
+            self.by_key[(version, status)] += 1
+            self.latencies.append(latency)
+            self._new_latencies.append(latency)
+            self.timeouts += status == "timeout"
 
     def retry(self) -> None:
         with self.lock:
@@ -106,9 +112,11 @@ class EnrichFunction(AsyncFunction):
     """``settings``: plain values only (the function is pickled to the workers): ``grpc``, ``redis_url``,
     ``model_name`` and the :class:`liveml.config.EnrichConfig` fields."""
 
-    def __init__(self, settings: dict[str, Any], field_names: list[str]):
+    def __init__(self, settings: dict[str, Any], input_names: list[str], field_names: list[str]):
         self.settings = dict(settings)
+        self.input_names = list(input_names)
         self.field_names = list(field_names)
+        self.status_index = self.field_names.index("status")
         self._client = self._store = None
 
     # ---- lifecycle ----------------------------------------------------------------------------------
@@ -119,7 +127,7 @@ class EnrichFunction(AsyncFunction):
         self.model = s["model_name"]
         self.deadline_s = s["deadline_ms"] / 1000.0
         self.missing_value = missing_serving_value
-        self.metrics = _Metrics(runtime_context)
+        self.metrics = _Metrics(runtime_context, self.field_names)
         self.attempts: OrderedDict[str, int] = OrderedDict()  # trip id -> calls so far (retries re-invoke)
         self.timed_out: set[str] = set()
         self._client = self._store = None
@@ -192,21 +200,35 @@ class EnrichFunction(AsyncFunction):
             return E.Outcome("invalid", reason=str(exc))
 
     async def async_invoke(self, value: Row) -> list[Row]:
+        """``value``: one batch of trip end events (the job groups those that arrive within a few ms, so
+        Flink's per-record cost is paid per batch); one output row per event."""
+        if self._client is None:
+            await self._start()
+        events = [dict(zip(self.input_names, r)) for r in value[0]]
+        key = str(events[0]["trip_id"]) if events else ""
+        attempt = self._attempt(key)
+        rows = await asyncio.gather(*(self._enrich(e, attempt, key) for e in events))
+        if any(r[self.status_index] == "unavailable" for r in rows) and attempt <= self.settings["retries"]:
+            return rows  # the retry strategy re-invokes the whole batch: nothing is final yet
+        self.attempts.pop(key, None)
+        if key in self.timed_out:  # timeout() already emitted this batch: its late answer is dropped
+            self.timed_out.discard(key)
+        else:
+            for r in rows:
+                self.metrics.record(r)
+        return rows
+
+    async def _enrich(self, event: dict, attempt: int, key: str) -> Row:
         from liveml.errors import ServiceError
 
         started = time.time()
-        if self._client is None:
-            await self._start()
-        event = value.as_dict()
-        trip_id = str(event["trip_id"])
-        attempt = self._attempt(trip_id)
-        label = self._label(trip_id)
+        label = self._label(str(event["trip_id"]))
         self.metrics.in_flight += 1
         try:
             try:
                 rows = await self._reads.submit(event)
             except ServiceError as exc:
-                return self._emit(event, None, E.Outcome("unavailable", reason=str(exc)), label, started, attempt)
+                return self._row(event, None, E.Outcome("unavailable", reason=str(exc)), label, started, attempt)
             assembled = E.assemble(event, rows)
             inputs = E.model_inputs(assembled.features, self.missing_value)
             shadow_label = self.settings.get("shadow_label")
@@ -215,44 +237,38 @@ class EnrichFunction(AsyncFunction):
                 outcome.shadow_score, outcome.shadow_version = shadow.score, shadow.model_version
             else:
                 outcome = await self._score(label, inputs)
-            return self._emit(event, assembled, outcome, label, started, attempt)
+            return self._row(event, assembled, outcome, label, started, attempt)
         finally:
             self.metrics.in_flight -= 1
 
     def timeout(self, value: Row) -> list[Row]:
-        """Called on a timer thread once the operator's budget is spent; the late answer, if any, is dropped
-        by Flink (and not counted twice here)."""
-        event = value.as_dict()
-        trip_id = str(event["trip_id"])
+        """Called on a timer thread once the operator's budget for the batch is spent: a fallback row per
+        event. Flink drops the late answer, if any (and it is not counted twice here)."""
+        events = [dict(zip(self.input_names, r)) for r in value[0]]
+        key = str(events[0]["trip_id"]) if events else ""
+        attempt = self.attempts.pop(key, 1)
+        self.timed_out.add(key)
         reason = f"no answer within the operator's {self.settings['timeout_ms']} ms"
-        attempt = self.attempts.get(trip_id, 1)
-        self.timed_out.add(trip_id)
-        return self._emit(event, None, E.Outcome("timeout", reason=reason), self._label(trip_id), None, attempt,
-                          final=True)
+        rows = [self._row(e, None, E.Outcome("timeout", reason=reason), self._label(str(e["trip_id"])), None,
+                          attempt) for e in events]
+        for r in rows:
+            self.metrics.record(r)
+        return rows
 
-    def _emit(self, event: dict, assembled, outcome: E.Outcome, label: str, started: float | None,
-              attempt: int, final: bool = False) -> list[Row]:
+    def _row(self, event: dict, assembled, outcome: E.Outcome, label: str, started: float | None,
+             attempt: int) -> Row:
         now = time.time()
-        trip_id = str(event["trip_id"])
         outcome.retries = attempt - 1
         latency = (now - started) * 1000 if started is not None else float(self.settings["timeout_ms"])
         row = E.prediction_row(event, assembled, outcome, self.model, label, latency, int(now * 1000))
-        # final unless the retry strategy will re-invoke it (a transient status with attempts left)
-        final = final or outcome.status != "unavailable" or attempt > self.settings["retries"]
-        if final:
-            self.attempts.pop(trip_id, None)
-            if started is None or trip_id not in self.timed_out:
-                self.metrics.record(row)
-            elif started is not None:
-                self.timed_out.discard(trip_id)  # the late answer of a row timeout() already emitted
-        return [Row(*(row[name] for name in self.field_names))]
+        return Row(*(row[name] for name in self.field_names))
 
 
 class StatusIs:
-    """A picklable retry predicate: re-invoke while the row's status field (at ``index``) is ``status``."""
+    """A picklable retry predicate: re-invoke a batch while any row's status (field ``index``) is ``status``."""
 
     def __init__(self, index: int, status: str = "unavailable"):
         self.index, self.status = index, status
 
     def __call__(self, rows: list) -> bool:
-        return bool(rows) and rows[0][self.index] == self.status
+        return any(r[self.index] == self.status for r in rows)

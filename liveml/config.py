@@ -122,8 +122,10 @@ class EnrichConfig(_Section):
     canary_fraction: float = Field(0.0, ge=0.0, le=1.0)  # share of trips sent to canary_label instead
     shadow_label: str | None = None  # also called on every trip; its score is recorded, never used
     signature: str = "serving_default"
-    capacity: int = Field(200, ge=1)  # in-flight requests per operator instance
-    timeout_ms: int = Field(2000, ge=1)  # the operator's overall budget per event, retries included
+    batch_window_ms: int = Field(20, ge=1)  # end events arriving within this window travel as one batch
+    batch_groups: int = Field(8, ge=1)  # ... split into this many batches by trip id (spread over workers)
+    capacity: int = Field(50, ge=1)  # batches in flight per operator instance
+    timeout_ms: int = Field(2000, ge=1)  # the operator's overall budget per batch, retries included
     deadline_ms: int = Field(500, ge=1)  # each gRPC call's deadline
     retries: int = Field(3, ge=0)  # transient failures (UNAVAILABLE) retried, with exponential backoff
     backoff_ms: int = Field(50, ge=1)

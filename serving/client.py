@@ -97,6 +97,10 @@ class PredictionClient:
         self.timeout_s = timeout_s
         self.channel = grpc.aio.insecure_channel(address, options=[
             ("grpc.enable_retries", 1), ("grpc.service_config", service_config(retries)),
+            # after the server was gone, try to reconnect within a second, not after gRPC's default backoff
+            # (which grows to 120 s, and fails every call UNAVAILABLE meanwhile)
+            ("grpc.initial_reconnect_backoff_ms", 100), ("grpc.min_reconnect_backoff_ms", 100),
+            ("grpc.max_reconnect_backoff_ms", 1000),
             ("grpc.max_receive_message_length", max_message_bytes),
             ("grpc.max_send_message_length", max_message_bytes)])
         self.predictions = prediction_service_pb2_grpc.PredictionServiceStub(self.channel)

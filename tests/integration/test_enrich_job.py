@@ -187,7 +187,7 @@ def test_every_trip_once_scores_and_features_match_canary_and_shadow(stack_confi
     # every trip sent, exactly once
     assert len(df) == len(ids) and df["trip_id"].is_unique and set(df["trip_id"]) == ids
     assert (df["status"] == "ok").all(), df["status"].value_counts().to_dict()
-    assert df["score"].between(0, 1).all() and (df["retries"] == 0).all()
+    assert df["score"].between(0, 1).all()
 
     # the labels: stable -> 1, canary -> 2, about 10% canary (binomial, 4 sigma)
     assert set(zip(df["model_label"], df["model_version"])) <= {("stable", 1), ("canary", 2)}
@@ -242,14 +242,17 @@ def test_model_server_down_for_10_s_loses_nothing_and_never_restarts_the_job(sta
     ids = end_ids(events)
     jobs = submit_live(tenant)
     producer = rp.kafka_producer(cfg.kafka.bootstrap_servers)
-    third = len(events) // 3
-    rp.replay(events[:third], producer, topic_prefix=cfg.kafka.topic_prefix, rate=100)
+    # three phases with a third of the end events each: before, during and after the outage
+    ends = [i for i, e in enumerate(events) if e.topic == rp.TRIPS_TOPIC and e.value["event_type"] == "end"]
+    cut1, cut2 = ends[len(ends) // 3] + 1, ends[2 * len(ends) // 3] + 1
+    phases = [events[:cut1], events[cut1:cut2], events[cut2:]]
+    rp.replay(phases[0], producer, topic_prefix=cfg.kafka.topic_prefix, rate=100)
     server.stop()
     stopped = time.time()
-    rp.replay(events[third:2 * third], producer, topic_prefix=cfg.kafka.topic_prefix, rate=(third / 10.0))
+    rp.replay(phases[1], producer, topic_prefix=cfg.kafka.topic_prefix, rate=len(phases[1]) / 10.0)
     server.start()
     started = time.time()
-    rp.replay(events[2 * third:], producer, topic_prefix=cfg.kafka.topic_prefix, rate=100)
+    rp.replay(phases[2], producer, topic_prefix=cfg.kafka.topic_prefix, rate=100)
     try:
         df = wait_for_predictions(tenant, len(ids), jobs[1])
         assert restarts(cfg, jobs[1]) == 0, "the enrichment job restarted"
@@ -259,8 +262,11 @@ def test_model_server_down_for_10_s_loses_nothing_and_never_restarts_the_job(sta
     assert len(df) == len(ids) and df["trip_id"].is_unique and set(df["trip_id"]) == ids
     counts = df["status"].value_counts().to_dict()
     assert set(counts) <= {"ok", "unavailable", "timeout"}, counts
+    status = df.set_index("trip_id")["status"]
+    ok_share = [float((status[sorted(end_ids(p) & ids)] == "ok").mean()) for p in phases]
+    # sent before the outage: scored (a few sent in its last second may meet it); during: none; after: all
+    assert ok_share[0] > 0.9 and ok_share[1] < 0.2 and ok_share[2] == 1.0, ok_share
     failed = df[df["status"] != "ok"]
-    assert len(failed) > 0 and counts.get("ok", 0) > len(df) / 2, counts
     assert failed["score"].isna().all() and failed["fallback_reason"].notna().all()
     when = epoch_ms(failed["predicted_at"]) / 1000
     assert (when >= stopped - 1).all() and (when <= started + 10).all(), "a failure outside the outage"
