@@ -10,23 +10,23 @@ re-timed to its produce time (``event_time`` = Kafka record timestamp = the mome
 Figures, medians over ``--repeats`` runs, parallelism 2:
 
 * ``async_events_per_s``: enriched events/s end to end. A backlog of ``--events`` end events is produced
-  first, then `liveml submit enrich -- --bounded --kafka-at-least-once --parallelism 2` scores it; the rate
-  is (scored trips - 1) / (Kafka timestamp of the last prediction - that of the first), read back from the
+  first, then `liveml submit enrich -- --kafka-at-least-once --parallelism 2` (unbounded: its 20 ms
+  batches fire on processing time, which a bounded run does not do at its end) scores it; the rate is
+  (scored trips - 1) / (Kafka timestamp of the last prediction - that of the first), read back from the
   ``predictions`` topic (read_uncommitted; the at-least-once sink writes at once, duplicates counted once).
   Job start-up (Python workers booting) is outside that window; ``async_job_events_per_s`` is the same
-  count over the job's RUNNING -> FINISHED wall time, start-up and the final Iceberg commit included.
+  count from the job's RUNNING time to the last prediction, start-up included.
 * ``sync_events_per_s``: the baseline, measured in the same run against the same server, same delay, same
   parallelism, same Kafka source and Kafka sink: a PyFlink ``map`` making one blocking ``Predict`` per event
   (``grpc.insecure_channel``; no Redis reads, all context missing; no Iceberg sink, which favours the
-  baseline). It is this file run as a job (``--baseline-job``), over ``--baseline-events`` end events (it
-  is slow), timed the same way. ``ratio`` = async / sync (target >= 5).
+  baseline): ``bench/enrichment_sync_job.py``, bounded, over ``--baseline-events`` end events (it is slow),
+  timed the same way. ``ratio`` = async / sync (target >= 5).
 * ``latency_p50_ms`` / ``latency_p99_ms``: added latency, event in -> prediction out, with the job running
   unbounded (at-least-once Kafka sink) and end events produced live at ``--rate`` events/s for
   ``--latency-seconds``: Kafka timestamp of the trip's prediction record (the sink's produce time) minus the
   Kafka timestamp of its end event (its produce time). Measured after a warm-up batch has been scored.
-  The rate must stay below the sustained throughput, or this measures a growing queue: at 1,000/s on this
-  shared 2-core machine (other jobs running, async throughput ~870/s) latency grew from 1.5 s to 3.5 s
-  over 10 s. The sink's record timestamp is its produce time (checked: it trails the row's
+  The rate must stay below the sustained throughput, or this measures a growing queue (before batching,
+  at 1,000/s with other jobs running, latency grew from 1.5 s to 3.5 s over 10 s). The sink's record timestamp is its produce time (checked: it trails the row's
   ``predicted_at``, never equals the event time).
 * ``worker_rss_mb``: the largest resident set of the Python worker processes (``pyflink.fn_execution``
   processes that appeared after the async job was submitted), sampled every 0.5 s while it ran.
@@ -52,109 +52,6 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 MODEL = "tips"
-
-
-# --- the synchronous baseline job (runs inside Flink: `flink run -py bench/enrichment.py --baseline-job`) ---
-def baseline_job(argv: list[str]) -> None:
-    from pyflink.common import Row, Types
-    from pyflink.datastream import MapFunction, StreamExecutionEnvironment
-    from pyflink.table import StreamTableEnvironment
-
-    from flink_jobs import feature_sql as fsql
-    from flink_jobs.common import ensure_pipeline_jars
-    from flink_jobs.enrich_job import (_ICEBERG_TO_FLINK, input_fields, kafka_sink_ddl, output_fields,
-                                       trips_query)
-    from flink_jobs.features_job import configure
-    from iceberg_schemas.sources import TRIPS
-    from liveml.config import load_config
-
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--baseline-job", action="store_true")
-    parser.add_argument("--config", required=True)
-    parser.add_argument("--parallelism", type=int, default=2)
-    parser.add_argument("--bounded", action="store_true")
-    args = parser.parse_args(argv)
-    cfg = load_config(args.config)
-
-    class SyncPredict(MapFunction):
-        """One blocking Predict per event, the way a plain ``map`` would call a model."""
-
-        def __init__(self, address: str, model: str, label: str, signature: str, deadline_s: float,
-                     names: list[str]):
-            self.address, self.model, self.label = address, model, label
-            self.signature, self.deadline_s, self.names = signature, deadline_s, names
-
-        def open(self, runtime_context) -> None:
-            import grpc
-
-            from serving.protos import light_tensorflow
-            from tfx_pipeline.features import missing_serving_value
-
-            with light_tensorflow():
-                from tensorflow_serving.apis import (get_model_metadata_pb2, predict_pb2,
-                                                     prediction_service_pb2_grpc)
-            from serving.client import PredictionClient
-
-            self.predict_pb2, self.missing = predict_pb2, missing_serving_value
-            self.channel = grpc.insecure_channel(self.address)
-            self.stub = prediction_service_pb2_grpc.PredictionServiceStub(self.channel)
-            req = get_model_metadata_pb2.GetModelMetadataRequest(
-                model_spec=PredictionClient.spec(self.model), metadata_field=["signature_def"])
-            resp = self.stub.GetModelMetadata(req, timeout=10)
-            defs = get_model_metadata_pb2.SignatureDefMap()
-            resp.metadata["signature_def"].Unpack(defs)
-            self.dtypes = {k: v.dtype for k, v in defs.signature_def[self.signature].inputs.items()}
-            self.spec = PredictionClient.spec(self.model, label=self.label, signature=self.signature)
-
-        def close(self) -> None:
-            self.channel.close()
-
-        def map(self, value):
-            import grpc
-
-            from flink_jobs import enrich as E
-            from serving.client import from_tensor, to_tensor
-
-            started = time.time()
-            event = value.as_dict()
-            assembled = E.assemble(event, [None] * len(E.context_requests(event)))
-            inputs = E.model_inputs(assembled.features, self.missing)
-            req = self.predict_pb2.PredictRequest(model_spec=self.spec)
-            for name, dtype in self.dtypes.items():
-                req.inputs[name].CopyFrom(to_tensor(inputs[name], dtype))
-            try:
-                resp = self.stub.Predict(req, timeout=self.deadline_s)
-                outputs = resp.outputs
-                scores = outputs["probabilities"] if "probabilities" in outputs else next(iter(outputs.values()))
-                outcome = E.Outcome("ok", float(from_tensor(scores).reshape(-1)[0]), resp.model_spec.version.value)
-            except grpc.RpcError as exc:
-                outcome = E.Outcome(E.status_of(exc.code().name), reason=str(exc.details()))
-            now = time.time()
-            row = E.prediction_row(event, assembled, outcome, self.model, self.label, (now - started) * 1000,
-                                   int(now * 1000))
-            return Row(*(row[n] for n in self.names))
-
-    env = StreamExecutionEnvironment.get_execution_environment()
-    t_env = StreamTableEnvironment.create(env)
-    ensure_pipeline_jars(t_env, cfg)
-    configure(t_env, args.parallelism, "bench-enrich-sync")
-    t_env.execute_sql(fsql.kafka_source_ddl(TRIPS, cfg, group_id="bench-enrich-sync", bounded=args.bounded))
-    t_env.execute_sql(fsql.extract_view_ddl(TRIPS))
-    t_env.execute_sql(fsql.parsed_view_ddl(TRIPS))
-    t_env.execute_sql(fsql.good_view_ddl(TRIPS))
-    trips = t_env.to_data_stream(t_env.sql_query(trips_query(input_fields())))
-    out = output_fields()
-    names = [n for n, _ in out]
-    out_type = Types.ROW_NAMED(names, [_ICEBERG_TO_FLINK[t] for _, t in out])
-    fn = SyncPredict(cfg.serving.grpc, cfg.serving.model_name, cfg.enrich.label, cfg.enrich.signature,
-                     cfg.enrich.deadline_ms / 1000.0, names)
-    enriched = trips.map(fn, output_type=out_type).name("predict (sync gRPC)")
-    t_env.create_temporary_view("enriched", t_env.from_data_stream(enriched))
-    t_env.execute_sql(kafka_sink_ddl(cfg, exactly_once=False))
-    stmts = t_env.create_statement_set()
-    stmts.add_insert_sql(f"INSERT INTO predictions_kafka SELECT {', '.join(f'`{n}`' for n in names)} FROM enriched")
-    stmts.attach_as_datastream()
-    env.execute("bench-enrich-sync")
 
 
 # --- the driver ---------------------------------------------------------------------------------------------
@@ -340,6 +237,33 @@ def bounded_run(cfg, tenant: Path, job: str, job_args: list[str], ids: dict[str,
             "job_seconds": wall}
 
 
+def backlog_run(cfg, tenant: Path, ids: dict[str, int], sampler: RssSampler) -> dict:
+    """The enrichment job, unbounded (its 20 ms batches fire on processing time, which a bounded run would
+    not do at its end), over the backlog already in Kafka: until every trip has its prediction."""
+    import threading
+
+    job_id = submit(cfg, tenant, "enrich", "--kafka-at-least-once", "--parallelism", "2")
+    done = threading.Event()
+
+    def sample() -> None:
+        while not done.wait(0.5):
+            sampler.sample()
+
+    threading.Thread(target=sample, daemon=True).start()
+    try:
+        seen = read_predictions(cfg, set(ids), until=lambda: True, idle_s=60, timeout_s=900)
+        job = job_state(cfg, job_id)
+    finally:
+        done.set()
+        cancel(cfg, job_id)
+    got = len(seen.keys() & ids.keys())
+    if got < len(ids):
+        print(f"      warning: {got} of {len(ids)} trips have a prediction", flush=True)
+    wall = (max(seen.values()) - job["timestamps"]["RUNNING"]) / 1000.0 if seen else float("nan")
+    return {"events_per_s": rate_of(seen), "job_events_per_s": len(seen) / wall, "scored": len(seen),
+            "job_seconds": wall}
+
+
 def latency_run(cfg, tenant: Path, events: list, rate: float, seconds: float) -> list[float]:
     job_id = submit(cfg, tenant, "enrich", "--kafka-at-least-once", "--parallelism", "2")
     try:
@@ -356,9 +280,6 @@ def latency_run(cfg, tenant: Path, events: list, rate: float, seconds: float) ->
 
 
 def main() -> None:
-    if "--baseline-job" in sys.argv:
-        baseline_job(sys.argv[1:])
-        return
     import numpy as np
     import yaml
 
@@ -399,11 +320,12 @@ def main() -> None:
     tf_loaded = False
     try:
         for i in range(args.repeats):
-            print(f"[{i + 1}/{args.repeats}] async: {args.events:,} end events, bounded, parallelism 2", flush=True)
+            print(f"[{i + 1}/{args.repeats}] async: {args.events:,} end events, a backlog, parallelism 2",
+                  flush=True)
             path, cfg = tenant(f"async{i}", 12)
             ids = produce(cfg, events[:args.events])
             sampler = RssSampler()
-            r = bounded_run(cfg, path, "enrich", ["--kafka-at-least-once"], ids, sampler)
+            r = backlog_run(cfg, path, ids, sampler)
             runs.append(r)
             rss.append(sampler.max_mb)
             tf_loaded |= sampler.tensorflow
@@ -414,7 +336,7 @@ def main() -> None:
             print(f"      sync baseline: {args.baseline_events:,} end events", flush=True)
             path, cfg = tenant(f"sync{i}", 13)
             ids = produce(cfg, events[:args.baseline_events])
-            s = bounded_run(cfg, path, str(Path(__file__).resolve()), ["--baseline-job"], ids)
+            s = bounded_run(cfg, path, str(Path(__file__).resolve().parent / "enrichment_sync_job.py"), [], ids)
             syncs.append(s)
             print(f"      {s['scored']:,} scored: {s['events_per_s']:,.0f} events/s (job wall "
                   f"{s['job_seconds']:.1f} s)", flush=True)
