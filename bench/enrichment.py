@@ -26,8 +26,9 @@ Figures, medians over ``--repeats`` runs, parallelism 2:
   ``--latency-seconds``: Kafka timestamp of the trip's prediction record (the sink's produce time) minus the
   Kafka timestamp of its end event (its produce time). Measured after a warm-up batch has been scored.
   The rate must stay below the sustained throughput, or this measures a growing queue (before batching,
-  at 1,000/s with other jobs running, latency grew from 1.5 s to 3.5 s over 10 s). The sink's record timestamp is its produce time (checked: it trails the row's
-  ``predicted_at``, never equals the event time).
+  at 1,000/s with other jobs running, latency grew from 1.5 s to 3.5 s over 10 s). The sink's record
+  timestamp is its produce time (checked: it trails the row's ``predicted_at``, never equals the event
+  time).
 * ``worker_rss_mb``: the largest resident set of the Python worker processes (``pyflink.fn_execution``
   processes that appeared after the async job was submitted), sampled every 0.5 s while it ran.
   ``worker_tensorflow_loaded`` says whether any of them mapped TensorFlow's shared library: the client
