@@ -121,7 +121,12 @@ class EnrichFunction(AsyncFunction):
 
     # ---- lifecycle ----------------------------------------------------------------------------------
     def open(self, runtime_context: RuntimeContext) -> None:
+        # imported here, not on the first event: that one's budget is for the call (and the channel)
+        from liveml.online.aio import AsyncRedisOnlineStore
+        from serving.client import PredictionClient
         from tfx_pipeline.features import missing_serving_value
+
+        self._classes = (PredictionClient, AsyncRedisOnlineStore)
 
         s = self.settings
         self.model = s["model_name"]
@@ -133,9 +138,7 @@ class EnrichFunction(AsyncFunction):
         self._client = self._store = None
 
     async def _start(self) -> None:
-        from liveml.online.aio import AsyncRedisOnlineStore
-        from serving.client import PredictionClient
-
+        PredictionClient, AsyncRedisOnlineStore = self._classes  # noqa: N806 (classes)
         s = self.settings
         # no gRPC-level retries: the operator's retry strategy owns them, so they are counted and bounded
         self._client = PredictionClient(s["grpc"], timeout_s=self.deadline_s, retries=0)

@@ -125,7 +125,9 @@ class EnrichConfig(_Section):
     batch_window_ms: int = Field(20, ge=1)  # end events arriving within this window travel as one batch
     batch_groups: int = Field(8, ge=1)  # ... split into this many batches by trip id (spread over workers)
     capacity: int = Field(50, ge=1)  # batches in flight per operator instance
-    timeout_ms: int = Field(2000, ge=1)  # the operator's overall budget per batch, retries included
+    # the operator's overall budget per batch, retries included (a worker's first batch also opens the
+    # channel and reads the model's signature: 2 s was once too short for it on a loaded 2-core machine)
+    timeout_ms: int = Field(5000, ge=1)
     deadline_ms: int = Field(500, ge=1)  # each gRPC call's deadline
     retries: int = Field(3, ge=0)  # transient failures (UNAVAILABLE) retried, with exponential backoff
     backoff_ms: int = Field(50, ge=1)
