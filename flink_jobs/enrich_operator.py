@@ -210,7 +210,7 @@ class EnrichFunction(AsyncFunction):
         events = [dict(zip(self.input_names, r)) for r in value[0]]
         key = str(events[0]["trip_id"]) if events else ""
         attempt = self._attempt(key)
-        rows = await asyncio.gather(*(self._enrich(e, attempt, key) for e in events))
+        rows = await asyncio.gather(*(self._enrich(e, attempt) for e in events))
         if any(r[self.status_index] == "unavailable" for r in rows) and attempt <= self.settings["retries"]:
             return rows  # the retry strategy re-invokes the whole batch: nothing is final yet
         self.attempts.pop(key, None)
@@ -221,7 +221,7 @@ class EnrichFunction(AsyncFunction):
                 self.metrics.record(r)
         return rows
 
-    async def _enrich(self, event: dict, attempt: int, key: str) -> Row:
+    async def _enrich(self, event: dict, attempt: int) -> Row:
         from liveml.errors import ServiceError
 
         started = time.time()
