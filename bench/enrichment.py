@@ -186,12 +186,11 @@ class RssSampler:
                 continue
             try:
                 self.max_mb = max(self.max_mb, p.memory_info().rss / 2**20)
-                if pid not in self.workers:
-                    self.workers.add(pid)
                 self.tensorflow |= any("tensorflow_framework" in m.path or "_pywrap_tensorflow" in m.path
                                        for m in p.memory_maps())
             except (psutil.NoSuchProcess, psutil.AccessDenied):
-                pass
+                continue  # the worker exited between the listing and the read
+            self.workers.add(pid)
 
 
 def submit(cfg, tenant: Path, job: str, *args: str) -> str:

@@ -89,17 +89,9 @@ def batches_query(fields: list[tuple[str, str]], window_ms: int, groups: int) ->
 
 def kafka_sink_ddl(cfg: LivemlConfig, exactly_once: bool) -> str:
     cols = ",\n  ".join(f"`{n}` {_SQL[t]}" for n, t in output_fields())
-    opts = {"connector": "kafka", "topic": cfg.kafka.topic(PREDICTIONS_TOPIC),
-            "properties.bootstrap.servers": cfg.kafka.bootstrap_servers, "format": "json",
-            "key.format": "raw", "key.fields": "trip_id"}
-    if exactly_once:
-        opts.update({"sink.delivery-guarantee": "exactly-once",
-                     "sink.transactional-id-prefix": f"liveml-{cfg.kafka.topic_prefix}predictions",
-                     "properties.transaction.timeout.ms": "900000"})
-    else:
-        opts["sink.delivery-guarantee"] = "at-least-once"
-    with_ = ",\n  ".join(f"'{k}' = '{v}'" for k, v in opts.items())
-    return f"CREATE TEMPORARY TABLE predictions_kafka (\n  {cols}\n) WITH (\n  {with_}\n)"
+    opts = fsql.kafka_sink_options(cfg, PREDICTIONS_TOPIC, "predictions", exactly_once,
+                                   **{"key.format": "raw", "key.fields": "trip_id"})
+    return fsql.kafka_sink_ddl("predictions_kafka", cols, opts)
 
 
 def iceberg_insert(catalog: str) -> str:

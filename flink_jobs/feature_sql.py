@@ -130,20 +130,28 @@ def good_view_ddl(src: EventSource) -> str:
     return f"CREATE TEMPORARY VIEW {src.name}_good AS SELECT * FROM {src.name}_parsed WHERE reason IS NULL"
 
 
-def dlq_sink_ddl(src: EventSource, cfg: LivemlConfig, exactly_once: bool = True) -> str:
-    opts = {
-        "connector": "kafka",
-        "topic": cfg.kafka.topic(src.dlq_topic),
-        "properties.bootstrap.servers": cfg.kafka.bootstrap_servers,
-        "format": "json",
-        "json.timestamp-format.standard": "ISO-8601",
-    }
+def kafka_sink_options(cfg: LivemlConfig, topic: str, transactional_name: str, exactly_once: bool = True,
+                       **extra: str) -> dict[str, str]:
+    """A JSON Kafka sink's options: transactional (visible to read_committed consumers at each checkpoint,
+    ids prefixed ``liveml-<topic prefix><transactional_name>``) or at-least-once."""
+    opts = {"connector": "kafka", "topic": cfg.kafka.topic(topic),
+            "properties.bootstrap.servers": cfg.kafka.bootstrap_servers, "format": "json", **extra}
     if exactly_once:
         opts.update({"sink.delivery-guarantee": "exactly-once",
-                     "sink.transactional-id-prefix": f"liveml-{cfg.kafka.topic_prefix}{src.name}-dlq",
+                     "sink.transactional-id-prefix": f"liveml-{cfg.kafka.topic_prefix}{transactional_name}",
                      "properties.transaction.timeout.ms": "900000"})
     else:
         opts["sink.delivery-guarantee"] = "at-least-once"
+    return opts
+
+
+def kafka_sink_ddl(name: str, columns: str, opts: dict[str, str]) -> str:
+    return f"CREATE TEMPORARY TABLE {name} (\n  {columns}\n) WITH (\n  {_opts(opts)}\n)"
+
+
+def dlq_sink_ddl(src: EventSource, cfg: LivemlConfig, exactly_once: bool = True) -> str:
+    opts = kafka_sink_options(cfg, src.dlq_topic, f"{src.name}-dlq", exactly_once,
+                              **{"json.timestamp-format.standard": "ISO-8601"})
     return f"""CREATE TEMPORARY TABLE {src.name}_dlq (
   payload STRING, reason STRING, source_topic STRING, kafka_partition INT, kafka_offset BIGINT,
   kafka_ts TIMESTAMP_LTZ(3), detected_at TIMESTAMP_LTZ(3)

@@ -69,10 +69,10 @@ class ModelServer:
             assert self.proc.poll() is None, f"the model server exited: see {self.home / 'server.log'}"
             try:
                 status = requests.get(f"http://127.0.0.1:{self.rest_port}/v1/models/{MODEL}", timeout=1).json()
-                if sum(v["state"] == "AVAILABLE" for v in status.get("model_version_status", [])) == 2:
-                    return
             except (requests.RequestException, ValueError):
-                pass
+                status = {}  # not listening yet
+            if sum(v["state"] == "AVAILABLE" for v in status.get("model_version_status", [])) == 2:
+                return
             time.sleep(0.3)
         raise AssertionError("the model server did not load both versions in 120 s")
 
