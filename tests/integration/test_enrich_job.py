@@ -138,6 +138,21 @@ def wait_for_predictions(tenant: Path, want: int, job_id: str, timeout: float = 
                          f"{entries[0]['stacktrace'][:3000] if entries else None}")
 
 
+def enrich_live(tenant: Path, events: list[rp.Event], rate: float, check=None):
+    """The feature and enrichment jobs, live, over ``events`` sent at ``rate`` events/s, until every trip has
+    its prediction; ``check(cfg, enrich_job_id)`` runs before the jobs are cancelled. Returns the
+    predictions and what ``check`` returned."""
+    cfg = load_config(tenant, env={})
+    jobs = submit_live(tenant)
+    rp.replay(events, rp.kafka_producer(cfg.kafka.bootstrap_servers), topic_prefix=cfg.kafka.topic_prefix,
+              rate=rate)
+    try:
+        df = wait_for_predictions(tenant, len(end_ids(events)), jobs[1])
+        return df, (check(cfg, jobs[1]) if check else None)
+    finally:
+        cancel(tenant, *jobs)
+
+
 def submit_live(tenant: Path, *args: str) -> tuple[str, str]:
     features = cli_json(tenant, "submit", "features")["job_id"]
     enrich = cli_json(tenant, "submit", "enrich", *args)["job_id"]
@@ -173,16 +188,9 @@ def direct_scores(address: str, rows: list[dict]) -> list[float]:
 
 def test_every_trip_once_scores_and_features_match_canary_and_shadow(stack_config, server):
     tenant = enrich_tenant(stack_config, "enrich", 3, server, canary_fraction=0.1, shadow_label="shadow")
-    cfg = load_config(tenant, env={})
     events = live_events(1500, seed=5, trips_per_s=50.0)
     ids = end_ids(events)
-    jobs = submit_live(tenant)
-    rp.replay(events, rp.kafka_producer(cfg.kafka.bootstrap_servers), topic_prefix=cfg.kafka.topic_prefix,
-              rate=600)
-    try:
-        df = wait_for_predictions(tenant, len(ids), jobs[1])
-    finally:
-        cancel(tenant, *jobs)
+    df, _ = enrich_live(tenant, events, rate=600)
 
     # every trip sent, exactly once
     assert len(df) == len(ids) and df["trip_id"].is_unique and set(df["trip_id"]) == ids
@@ -278,18 +286,11 @@ def test_a_slow_model_server_times_out_and_output_continues(stack_config, tmp_pa
     server.start(delay_ms=1500)
     try:
         tenant = enrich_tenant(stack_config, "enrich_slow", 5, server, timeout_ms=800, deadline_ms=700, retries=1)
-        cfg = load_config(tenant, env={})
         events = live_events(300, seed=7, trips_per_s=50.0)
         ids = end_ids(events)
-        jobs = submit_live(tenant)
-        rp.replay(events, rp.kafka_producer(cfg.kafka.bootstrap_servers), topic_prefix=cfg.kafka.topic_prefix,
-                  rate=300)
-        try:
-            df = wait_for_predictions(tenant, len(ids), jobs[1])
-            timeouts = operator_metric(cfg, jobs[1], "liveml.enrich.timeouts")
-            assert restarts(cfg, jobs[1]) == 0
-        finally:
-            cancel(tenant, *jobs)
+        df, (timeouts, restarted) = enrich_live(tenant, events, rate=300, check=lambda cfg, job: (
+            operator_metric(cfg, job, "liveml.enrich.timeouts"), restarts(cfg, job)))
+        assert restarted == 0
     finally:
         server.stop()
     assert len(df) == len(ids) and df["trip_id"].is_unique
@@ -325,9 +326,7 @@ def operator_metric(cfg, job_id: str, suffix: str, timeout: float = 30) -> float
 
 
 def test_taskmanager_killed_mid_stream_loses_and_duplicates_no_prediction(stack_config, server):
-    import psutil
-
-    from liveml.stack.flink_cluster import FlinkService
+    from tests.integration.test_features_faults import kill_taskmanagers, wait_for_first_checkpoint
 
     tenant = enrich_tenant(stack_config, "enrich_eo", 6, server)
     cfg = load_config(tenant, env={})
@@ -336,20 +335,9 @@ def test_taskmanager_killed_mid_stream_loses_and_duplicates_no_prediction(stack_
     ids = end_ids(events)
     rp.replay(events, rp.kafka_producer(cfg.kafka.bootstrap_servers), topic_prefix=cfg.kafka.topic_prefix)
     job_id = cli_json(tenant, "submit", "enrich", "--bounded")["job_id"]
-    deadline = time.time() + 180
-    while requests.get(f"{cfg.flink.rest_url}/jobs/{job_id}/checkpoints", timeout=5).json()["counts"][
-            "completed"] < 1:
-        assert time.time() < deadline, "no checkpoint completed"
-        assert requests.get(f"{cfg.flink.rest_url}/jobs/{job_id}", timeout=5).json()["state"] == "RUNNING", \
-            "the job ended before the kill: the backlog is too small to test recovery"
-        time.sleep(0.5)
+    wait_for_first_checkpoint(cfg, job_id)
     committed = len(read_table(tenant, "predictions.trips"))
-    flink = FlinkService(load_config(stack_config, env={}))
-    victims = flink.taskmanager_java_pids()
-    assert victims
-    for pid in victims:
-        psutil.Process(pid).kill()
-    flink.start_taskmanager()
+    kill_taskmanagers(stack_config)
 
     from liveml.demo import wait_for_job
 

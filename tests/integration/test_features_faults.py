@@ -28,6 +28,26 @@ def _completed_checkpoints(cfg, job_id: str) -> int:
     return requests.get(f"{cfg.flink.rest_url}/jobs/{job_id}/checkpoints", timeout=5).json()["counts"]["completed"]
 
 
+def wait_for_first_checkpoint(cfg, job_id: str, timeout: float = 180) -> None:
+    """Until the running job has completed a checkpoint (a kill then has state to recover from)."""
+    deadline = time.time() + timeout
+    while _completed_checkpoints(cfg, job_id) < 1:
+        assert time.time() < deadline, "no checkpoint completed"
+        assert requests.get(f"{cfg.flink.rest_url}/jobs/{job_id}", timeout=5).json()["state"] == "RUNNING", \
+            "the job ended before the kill: the backlog is too small to test recovery"
+        time.sleep(0.5)
+
+
+def kill_taskmanagers(stack_config) -> None:
+    """SIGKILL every TaskManager of the session's stack, then start a fresh one."""
+    flink = FlinkService(load_config(stack_config, env={}))
+    victims = flink.taskmanager_java_pids()
+    assert victims
+    for pid in victims:
+        psutil.Process(pid).kill()
+    flink.start_taskmanager()
+
+
 def test_taskmanager_killed_mid_stream_loses_and_duplicates_nothing(stack_config):
     tenant = make_tenant(stack_config, "eo", 2)
     cfg = load_config(tenant, env={})
@@ -39,19 +59,8 @@ def test_taskmanager_killed_mid_stream_loses_and_duplicates_nothing(stack_config
 
     sub = cli_json(tenant, "submit", "features", "--bounded")
     job_id = sub["job_id"]
-    deadline = time.time() + 180
-    while _completed_checkpoints(cfg, job_id) < 1:
-        assert time.time() < deadline, "no checkpoint completed"
-        assert requests.get(f"{cfg.flink.rest_url}/jobs/{job_id}", timeout=5).json()["state"] == "RUNNING", \
-            "the job ended before the kill: the backlog is too small to test recovery"
-        time.sleep(0.5)
-
-    flink = FlinkService(load_config(stack_config, env={}))
-    victims = flink.taskmanager_java_pids()
-    assert victims
-    for pid in victims:
-        psutil.Process(pid).kill()
-    flink.start_taskmanager()
+    wait_for_first_checkpoint(cfg, job_id)
+    kill_taskmanagers(stack_config)
 
     assert wait_for_job(cfg, job_id, timeout=600) == "FINISHED"
     history = requests.get(f"{cfg.flink.rest_url}/jobs/{job_id}/exceptions", timeout=5).json()
