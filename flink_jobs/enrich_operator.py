@@ -4,8 +4,8 @@ Per batch of completed trips (the job groups the end events of a few millisecond
 the context features from the online store (``redis.asyncio``), assemble the model's inputs
 (:mod:`flink_jobs.enrich`), call ``Predict`` on the model server through
 :class:`serving.client.PredictionClient` (``grpc.aio``), and emit one prediction row, whatever happened.
-Timeouts and retries apply to the batch: a batch with an ``unavailable`` row is retried whole, and a batch
-past its budget gets a ``timeout`` row per trip.
+Timeouts and retries apply to the batch: a batch with an ``unavailable`` row, or a call past its own
+deadline, is retried whole, and a batch past the operator's budget gets a ``timeout`` row per trip.
 
 How PyFlink 2.2 runs it, and what that dictates (each point was measured on this version):
 
@@ -16,7 +16,8 @@ How PyFlink 2.2 runs it, and what that dictates (each point was measured on this
   :class:`flink_jobs.microbatch.MicroBatcher` (one pipeline, one multi-row request per label).
 * A failed call never fails the job. ``async_invoke`` turns gRPC errors into a row with a status
   (``unavailable``, ``invalid``, ``timeout`` for a missed deadline); the retry strategy re-invokes it while
-  the status is ``unavailable`` (transient), with exponential backoff, within the operator's timeout; and
+  the status is ``unavailable`` or ``timeout`` (:data:`RETRYABLE`: a call's deadline is per attempt, e.g.
+  the first call of a cold channel), with exponential backoff, within the operator's timeout; and
   :meth:`timeout` emits the row with ``score = None`` and the reason once that budget is spent.
 * Counters updated on the event loop's thread are lost (Beam counts metric updates only on the bundle's
   thread); gauges are read on the bundle's thread. So the operator keeps plain totals and a gauge callback
@@ -37,6 +38,10 @@ from pyflink.datastream.functions import AsyncFunction, RuntimeContext
 
 from flink_jobs import enrich as E
 from flink_jobs.microbatch import MicroBatcher
+
+# statuses worth another attempt within the operator's budget: transport trouble, and a call that missed its
+# own (per-attempt) deadline
+RETRYABLE = ("unavailable", "timeout")
 
 
 class _Metrics:
@@ -211,7 +216,7 @@ class EnrichFunction(AsyncFunction):
         key = str(events[0]["trip_id"]) if events else ""
         attempt = self._attempt(key)
         rows = await asyncio.gather(*(self._enrich(e, attempt) for e in events))
-        if any(r[self.status_index] == "unavailable" for r in rows) and attempt <= self.settings["retries"]:
+        if any(r[self.status_index] in RETRYABLE for r in rows) and attempt <= self.settings["retries"]:
             return rows  # the retry strategy re-invokes the whole batch: nothing is final yet
         self.attempts.pop(key, None)
         if key in self.timed_out:  # timeout() already emitted this batch: its late answer is dropped
@@ -268,10 +273,11 @@ class EnrichFunction(AsyncFunction):
 
 
 class StatusIs:
-    """A picklable retry predicate: re-invoke a batch while any row's status (field ``index``) is ``status``."""
+    """A picklable retry predicate: re-invoke a batch while any row's status (field ``index``) is one of
+    ``statuses``."""
 
-    def __init__(self, index: int, status: str = "unavailable"):
-        self.index, self.status = index, status
+    def __init__(self, index: int, statuses: tuple[str, ...] = RETRYABLE):
+        self.index, self.statuses = index, tuple(statuses)
 
     def __call__(self, rows: list) -> bool:
-        return any(r[self.index] == self.status for r in rows)
+        return any(r[self.index] in self.statuses for r in rows)

@@ -62,5 +62,7 @@ def test_a_call_returning_the_wrong_count_is_an_error():
 
 def test_the_retry_predicate_retries_a_batch_with_any_transient_row():
     pred = StatusIs(1)
-    assert pred([("a", "ok"), ("b", "unavailable")]) and not pred([("a", "ok"), ("b", "timeout")])
+    assert pred([("a", "ok"), ("b", "unavailable")]) and pred([("a", "ok"), ("b", "timeout")])
+    assert not pred([("a", "ok"), ("b", "invalid")])  # the model cannot take these inputs: no retry helps
     assert not pred([])
+    assert not StatusIs(1, ("unavailable",))([("a", "timeout")])
