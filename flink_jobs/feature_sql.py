@@ -75,7 +75,8 @@ def _cast(f: EventField) -> str:
 def reason_expr(src: EventSource) -> str:
     """Why an event is bad, or NULL: the first failed check names the field and the kind of problem.
 
-    Written over the ``_raw_<field>`` strings of the extract view, so the payload is parsed once per field.
+    Written over the ``_raw_<field>`` strings and the ``_now_ms`` of the extract view, so the payload is
+    parsed once per field, and the DLQ and the good events, which each compute it, judge an event alike.
     """
     checks = ["WHEN NOT _is_json THEN 'malformed_json'"]
     for f in src.fields:
@@ -94,7 +95,7 @@ def reason_expr(src: EventSource) -> str:
         if conds:
             checks.append(f"WHEN {' OR '.join(conds)} THEN 'absurd_value:{f.name}'")
     t = _cast(src.field(src.time_field))
-    checks.append(f"WHEN {t} > UNIX_TIMESTAMP() * 1000 + {src.max_future_s * 1000} "
+    checks.append(f"WHEN {t} > _now_ms + {src.max_future_s * 1000} "
                   f"THEN 'absurd_value:{src.time_field}_in_future'")
     return "CASE\n    " + "\n    ".join(checks) + "\n    ELSE CAST(NULL AS STRING) END"
 
@@ -105,12 +106,20 @@ def column(f: EventField) -> str:
 
 
 def extract_view_ddl(src: EventSource) -> str:
-    """Each field pulled out of the payload once, as a string (JSON_VALUE parses the payload per call)."""
+    """Each field pulled out of the payload once, as a string, with the wall clock read once per event.
+
+    Flink 2.2's ``JSON_VALUE`` parses the payload on every call, and its code generation does not share
+    repeated sub-expressions. So the fields are extracted here and everything downstream reads the strings.
+    The view has two consumers (the DLQ and the parsed events), which makes it a block the optimizer plans
+    once (``table.optimizer.reuse-optimize-block-with-digest-enabled``, set by the feature job); otherwise
+    each check of the reason would parse the payload again.
+    """
     raws = ",\n  ".join(f"{_json(f.name)} AS {_raw(f)}" for f in src.fields)
     return f"""CREATE TEMPORARY VIEW {src.name}_extract AS
 SELECT
   payload, kafka_ts, kafka_partition, kafka_offset, event_time, proc_time,
   COALESCE(payload IS JSON OBJECT, FALSE) AS _is_json,
+  CAST(UNIX_TIMESTAMP() AS BIGINT) * 1000 AS _now_ms,
   {raws}
 FROM {src.name}_kafka"""
 
@@ -161,8 +170,12 @@ def dlq_sink_ddl(src: EventSource, cfg: LivemlConfig, exactly_once: bool = True)
 
 
 def dlq_insert(src: EventSource) -> str:
+    """Bad events with their reason, read from the extract view (not from ``<source>_parsed``, so that the
+    extract view stays a shared block: see :func:`extract_view_ddl`)."""
     return (f"INSERT INTO {src.name}_dlq SELECT payload, reason, '{src.topic}', kafka_partition, kafka_offset, "
-            f"kafka_ts, CAST(CURRENT_TIMESTAMP AS TIMESTAMP_LTZ(3)) FROM {src.name}_parsed WHERE reason IS NOT NULL")
+            f"kafka_ts, CAST(CURRENT_TIMESTAMP AS TIMESTAMP_LTZ(3)) FROM (\n"
+            f"  SELECT payload, kafka_partition, kafka_offset, kafka_ts, {reason_expr(src)} AS reason\n"
+            f"  FROM {src.name}_extract)\nWHERE reason IS NOT NULL")
 
 
 def raw_insert(src: EventSource, catalog: str) -> str:
