@@ -84,7 +84,9 @@ fi
 # Flink's lib/ inside the venv's pyflink: the system classpath of the cluster and of `flink run`.
 # JDBC drivers and Hadoop must be there; the connectors too, so a session cluster loads them once
 # (per-job class loaders leaked metaspace until the TaskManager died).
-for jar in "$JARS"/flink-lib/*.jar "$JARS"/flink/*.jar; do
+# PyFlink's own runtime (flink-python, in opt/) as well: `flink run -py` ships it with each job, and per-job
+# copies of Beam's classes took the TaskManager down when a job was cancelled.
+for jar in "$JARS"/flink-lib/*.jar "$JARS"/flink/*.jar "$flink_lib"/../opt/flink-python-*.jar; do
   [ -f "$flink_lib/$(basename "$jar")" ] || cp "$jar" "$flink_lib/"
 done
 

@@ -77,6 +77,11 @@ def render_flink_conf(cfg: LivemlConfig, base: dict[str, Any]) -> dict[str, Any]
         # of metaspace ran out after a handful of submissions and took the TaskManager down
         "taskmanager.memory.jvm-metaspace.size": "1024m",
         "jobmanager.memory.jvm-metaspace.size": "512m",
+        # PyFlink's runtime (flink-python, with Beam and its vendored gRPC) is in lib/ too (`make setup` copies
+        # it from opt/), and loaded from there: `flink run -py` also ships it with every job, and a per-job
+        # copy of Beam's classes was unloaded while a cancelled job's gRPC server still shut down, which took
+        # the TaskManager down (NoClassDefFoundError: ...grpc.netty.ForcefulCloseCommand)
+        "classloader.parent-first-patterns.additional": "org.apache.beam.",
         "parallelism.default": f.parallelism,
         "rest.address": f.host,
         "rest.bind-address": f.host,
