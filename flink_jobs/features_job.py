@@ -88,6 +88,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--idle-timeout", default=None, help="e.g. '30 s': let the watermark advance past "
                                                              "partitions that receive nothing")
     parser.add_argument("--config", default=None, help="liveml.yaml to read addresses from")
+    parser.add_argument("--explain", action="store_true", help="print Flink's plan of the job and exit")
     args = parser.parse_args(argv)
 
     from pyflink.datastream import StreamExecutionEnvironment
@@ -103,6 +104,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     configure(t_env, args.parallelism, "liveml-features", args.idle_timeout)
     stmts = build_feature_job(t_env, cfg, views, bounded=args.bounded, since_ms=args.since_ms,
                               out_of_orderness_ms=args.out_of_orderness_ms, redis=not args.no_redis)
+    if args.explain:
+        print(stmts.explain())
+        return
     stmts.execute()
 
 
