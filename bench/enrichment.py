@@ -52,6 +52,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from liveml import flink  # noqa: E402 (after the path)
+
 MODEL = "tips"
 
 
@@ -141,24 +143,6 @@ def rate_of(times: dict[str, int]) -> float:
     return (len(ts) - 1) / max((ts[-1] - ts[0]) / 1000.0, 1e-3)
 
 
-def job_state(cfg, job_id: str) -> dict:
-    from liveml import flink
-
-    return flink.job_detail(cfg, job_id)
-
-
-def wait_running(cfg, job_id: str, timeout: float = 180) -> None:
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        job = job_state(cfg, job_id)
-        if job["state"] in ("FAILED", "CANCELED", "FINISHED"):
-            raise RuntimeError(f"job {job_id} is {job['state']}")
-        if job["state"] == "RUNNING" and all(v["status"] in ("RUNNING", "FINISHED") for v in job["vertices"]):
-            return
-        time.sleep(0.5)
-    raise RuntimeError(f"job {job_id} not running after {timeout} s")
-
-
 def python_workers() -> dict[int, object]:
     import psutil
 
@@ -194,16 +178,12 @@ class RssSampler:
 
 
 def submit(cfg, tenant: Path, job: str, *args: str) -> str:
-    from liveml import flink
-
     return flink.submit(cfg, job, ["--config", str(tenant), *args])["job_id"]
 
 
 def cancel(cfg, job_id: str) -> None:
-    from liveml import flink
-
     try:
-        if job_state(cfg, job_id)["state"] not in ("FINISHED", "FAILED", "CANCELED"):
+        if flink.job_detail(cfg, job_id)["state"] not in ("FINISHED", "FAILED", "CANCELED"):
             flink.cancel_job(cfg, job_id)
     except Exception as exc:  # noqa: BLE001 - best effort on the way out
         print(f"      (could not cancel {job_id}: {exc})", flush=True)
@@ -216,13 +196,13 @@ def bounded_run(cfg, tenant: Path, job: str, job_args: list[str], ids: dict[str,
     try:
         deadline = time.time() + 900
         while time.time() < deadline:
-            state = job_state(cfg, job_id)["state"]
+            state = flink.job_detail(cfg, job_id)["state"]
             if sampler:
                 sampler.sample()
             if state in ("FINISHED", "FAILED", "CANCELED"):
                 break
             time.sleep(0.5)
-        job = job_state(cfg, job_id)
+        job = flink.job_detail(cfg, job_id)
         if job["state"] != "FINISHED":
             raise RuntimeError(f"job {job_id} ended {job['state']}")
     finally:
@@ -252,7 +232,7 @@ def backlog_run(cfg, tenant: Path, ids: dict[str, int], sampler: RssSampler) -> 
     threading.Thread(target=sample, daemon=True).start()
     try:
         seen = read_predictions(cfg, set(ids), until=lambda: True, idle_s=60, timeout_s=900)
-        job = job_state(cfg, job_id)
+        job = flink.job_detail(cfg, job_id)
     finally:
         done.set()
         cancel(cfg, job_id)
@@ -267,7 +247,7 @@ def backlog_run(cfg, tenant: Path, ids: dict[str, int], sampler: RssSampler) -> 
 def latency_run(cfg, tenant: Path, events: list, rate: float, seconds: float) -> list[float]:
     job_id = submit(cfg, tenant, "enrich", "--kafka-at-least-once", "--parallelism", "2")
     try:
-        wait_running(cfg, job_id)
+        flink.wait_running(cfg, job_id)
         warm = produce(cfg, events[:200])  # boots the workers' channels and connection pools
         if len(read_predictions(cfg, set(warm), until=lambda: False, timeout_s=180).keys() & warm.keys()) < len(warm):
             raise RuntimeError("warm-up predictions did not all arrive")

@@ -18,14 +18,13 @@ MODEL = "tips"
 
 
 def baseline_job(argv: list[str]) -> None:
-    from pyflink.common import Row, Types
+    from pyflink.common import Row
     from pyflink.datastream import MapFunction, StreamExecutionEnvironment
     from pyflink.table import StreamTableEnvironment
 
     from flink_jobs import feature_sql as fsql
     from flink_jobs.common import ensure_pipeline_jars
-    from flink_jobs.enrich_job import (_ICEBERG_TO_FLINK, input_fields, kafka_sink_ddl, output_fields,
-                                       trips_query)
+    from flink_jobs.enrich_job import input_fields, kafka_insert, kafka_sink_ddl, output_type, trips_query
     from flink_jobs.features_job import configure
     from iceberg_schemas.sources import TRIPS
     from liveml.config import load_config
@@ -100,21 +99,17 @@ def baseline_job(argv: list[str]) -> None:
     t_env = StreamTableEnvironment.create(env)
     ensure_pipeline_jars(t_env, cfg)
     configure(t_env, args.parallelism, "bench-enrich-sync")
-    t_env.execute_sql(fsql.kafka_source_ddl(TRIPS, cfg, group_id="bench-enrich-sync", bounded=args.bounded))
-    t_env.execute_sql(fsql.extract_view_ddl(TRIPS))
-    t_env.execute_sql(fsql.parsed_view_ddl(TRIPS))
-    t_env.execute_sql(fsql.good_view_ddl(TRIPS))
+    for ddl in fsql.good_events_ddl(TRIPS, cfg, "bench-enrich-sync", args.bounded):
+        t_env.execute_sql(ddl)
     trips = t_env.to_data_stream(t_env.sql_query(trips_query(input_fields())))
-    out = output_fields()
-    names = [n for n, _ in out]
-    out_type = Types.ROW_NAMED(names, [_ICEBERG_TO_FLINK[t] for _, t in out])
+    names, out_type = output_type()
     fn = SyncPredict(cfg.serving.grpc, cfg.serving.model_name, cfg.enrich.label, cfg.enrich.signature,
                      cfg.enrich.deadline_ms / 1000.0, names)
     enriched = trips.map(fn, output_type=out_type).name("predict (sync gRPC)")
     t_env.create_temporary_view("enriched", t_env.from_data_stream(enriched))
     t_env.execute_sql(kafka_sink_ddl(cfg, exactly_once=False))
     stmts = t_env.create_statement_set()
-    stmts.add_insert_sql(f"INSERT INTO predictions_kafka SELECT {', '.join(f'`{n}`' for n in names)} FROM enriched")
+    stmts.add_insert_sql(kafka_insert(names))
     stmts.attach_as_datastream()
     env.execute("bench-enrich-sync")
 

@@ -32,10 +32,10 @@ from collections import defaultdict, deque
 
 import numpy as np
 import redis
-import requests
 
 from flink_jobs import replay as rp
 from iceberg_schemas.features import view as get_view
+from liveml import flink
 from liveml.config import load_config
 from liveml.online.redis import RedisOnlineStore
 from liveml.stack import launcher
@@ -47,29 +47,15 @@ def tenant(base, name: str, db: int):
 
 
 def source_records(cfg, job_id: str) -> int:
-    job = requests.get(f"{cfg.flink.rest_url}/jobs/{job_id}", timeout=5).json()
+    job = flink.job_detail(cfg, job_id)
     return sum(v["metrics"]["write-records"] for v in job["vertices"] if v["name"].startswith("Source:"))
 
 
 def submit(cfg, *args: str) -> str:
-    from liveml import flink
-
     return flink.submit(cfg, "features", list(args))["job_id"]
 
 
-def wait_running(cfg, job_id: str) -> None:
-    deadline = time.time() + 120
-    while time.time() < deadline:
-        job = requests.get(f"{cfg.flink.rest_url}/jobs/{job_id}", timeout=5).json()
-        if job["state"] == "RUNNING" and all(v["status"] == "RUNNING" for v in job["vertices"]):
-            return
-        time.sleep(0.5)
-    raise RuntimeError(f"job {job_id} not running after 120 s")
-
-
 def cancel(cfg, job_id: str) -> None:
-    from liveml import flink
-
     flink.cancel_job(cfg, job_id)
 
 
@@ -199,7 +185,7 @@ def measure_freshness(cfg, rate: float, seconds: float, extra_args: tuple[str, .
 
     # the job as users run it: every view, parallelism 2, the default watermark delay
     job_id = submit(cfg, "--parallelism", "2", *extra_args)
-    wait_running(cfg, job_id)
+    flink.wait_running(cfg, job_id)
     trips = rp.load_trips()
     trips = trips[trips["pickup_community_area"].notna() & (trips["trip_miles"] <= 500) & trips["fare"].notna()]
     areas = sorted({int(a) for a in trips["pickup_community_area"]})

@@ -58,9 +58,6 @@ class Assembled:
     features: dict[str, Any]  # every feature column, None where missing
     views: dict[str, dict[str, Any]] = field(default_factory=dict)  # view -> status, event_time_ms, age_s
 
-    def missing(self) -> list[str]:
-        return [k for k, v in self.features.items() if v is None]
-
 
 def assemble(event: Mapping[str, Any], rows: Sequence[Any], spec: TrainingSetSpec = TIPS) -> Assembled:
     """``rows``: the online store's :class:`liveml.online.base.EntityRow` per view, in

@@ -62,29 +62,41 @@ def output_fields() -> list[tuple[str, object]]:
     return [(f.name, type(f.field_type)) for f in PREDICTIONS.schema.fields]
 
 
+def _columns(fields: list[tuple[str, str]], named: bool = False) -> str:
+    """The ``fields`` of a good trip event, in order, as the feature job's views parsed them (the event time
+    as its epoch milliseconds); ``named`` gives each its field name (not inside a ``ROW``)."""
+    return ", ".join(fsql.q(fsql.column(TRIPS.field(n))) + (f" AS {fsql.q(n)}" if named else "")
+                     for n, _ in fields)
+
+
 def trips_query(fields: list[tuple[str, str]]) -> str:
     """End events one per row, the columns in ``fields`` order (what a per-event operator would read)."""
-    cols = ", ".join("CAST(JSON_VALUE(payload, '$.event_time') AS BIGINT) AS event_time" if n == "event_time"
-                     else f"`{n}`" for n, _ in fields)
-    return f"SELECT {cols} FROM {TRIPS.name}_good WHERE event_type = 'end'"
+    return f"SELECT {_columns(fields, named=True)} FROM {TRIPS.name}_good WHERE event_type = 'end'"
 
 
 def single_batches_query(fields: list[tuple[str, str]]) -> str:
     """End events as batches of one: what a bounded run uses (see :func:`build_enrich_job`)."""
-    cols = ", ".join("CAST(JSON_VALUE(payload, '$.event_time') AS BIGINT)" if n == "event_time" else f"`{n}`"
-                     for n, _ in fields)
-    return f"SELECT ARRAY[ROW({cols})] AS events FROM {TRIPS.name}_good WHERE event_type = 'end'"
+    return f"SELECT ARRAY[ROW({_columns(fields)})] AS events FROM {TRIPS.name}_good WHERE event_type = 'end'"
 
 
 def batches_query(fields: list[tuple[str, str]], window_ms: int, groups: int) -> str:
     """End events grouped into small batches: those of each ``window_ms`` processing-time window, in
     ``groups`` groups by trip id (so the batches spread over the operator's parallel instances). The async
     operator then pays Flink's per-record cost per batch. Each batch is an array of rows in ``fields`` order."""
-    cols = ", ".join("CAST(JSON_VALUE(payload, '$.event_time') AS BIGINT)" if n == "event_time" else f"`{n}`"
-                     for n, _ in fields)
-    return (f"SELECT ARRAY_AGG(ROW({cols})) AS events FROM TABLE(TUMBLE(TABLE {TRIPS.name}_good, "
+    return (f"SELECT ARRAY_AGG(ROW({_columns(fields)})) AS events FROM TABLE(TUMBLE(TABLE {TRIPS.name}_good, "
             f"DESCRIPTOR(proc_time), INTERVAL '{window_ms / 1000:.3f}' SECOND)) WHERE event_type = 'end' "
             f"GROUP BY window_start, window_end, MOD(HASH_CODE(trip_id), {groups})")
+
+
+def output_type() -> tuple[list[str], object]:
+    """The enriched stream's column names and Flink row type (the predictions table's columns)."""
+    out = output_fields()
+    names = [n for n, _ in out]
+    return names, Types.ROW_NAMED(names, [_ICEBERG_TO_FLINK[t] for _, t in out])
+
+
+def kafka_insert(names: list[str]) -> str:
+    return f"INSERT INTO predictions_kafka SELECT {', '.join(fsql.q(n) for n in names)} FROM enriched"
 
 
 def kafka_sink_ddl(cfg: LivemlConfig, exactly_once: bool) -> str:
@@ -112,20 +124,15 @@ def build_enrich_job(env: StreamExecutionEnvironment, t_env: StreamTableEnvironm
                      kafka_sink: bool = True, exactly_once_kafka: bool = True):
     """Declare the job on ``t_env``; returns the statement set (attached to ``env`` by the caller)."""
     t_env.execute_sql(catalog_ddl(cfg))
-    t_env.execute_sql(fsql.kafka_source_ddl(TRIPS, cfg, group_id="liveml-enrich", bounded=bounded,
-                                            since_ms=since_ms))
-    t_env.execute_sql(fsql.extract_view_ddl(TRIPS))
-    t_env.execute_sql(fsql.parsed_view_ddl(TRIPS))
-    t_env.execute_sql(fsql.good_view_ddl(TRIPS))
+    for ddl in fsql.good_events_ddl(TRIPS, cfg, "liveml-enrich", bounded, since_ms):
+        t_env.execute_sql(ddl)
     fields_in = input_fields()
     # Processing-time windows do not fire at the end of a bounded input (measured: a 2 s window over a
     # finished source emitted nothing), so a bounded run would lose its last window: it sends batches of one.
     query = single_batches_query(fields_in) if bounded else \
         batches_query(fields_in, enrich.batch_window_ms, enrich.batch_groups)
     batches = t_env.to_data_stream(t_env.sql_query(query))
-    out = output_fields()
-    names = [n for n, _ in out]
-    out_type = Types.ROW_NAMED(names, [_ICEBERG_TO_FLINK[t] for _, t in out])
+    names, out_type = output_type()
     function = EnrichFunction(operator_settings(cfg, enrich), [n for n, _ in fields_in], names)
     # max_attempts counts retries (PyFlink calls it attempts); the backoff grows per retry up to 10x. The
     # timeout, capacity and retries apply per batch
@@ -140,8 +147,7 @@ def build_enrich_job(env: StreamExecutionEnvironment, t_env: StreamTableEnvironm
     stmts.add_insert_sql(iceberg_insert(cfg.catalog.name))
     if kafka_sink:
         t_env.execute_sql(kafka_sink_ddl(cfg, exactly_once_kafka))
-        stmts.add_insert_sql(f"INSERT INTO predictions_kafka SELECT {', '.join(f'`{n}`' for n in names)} "
-                             "FROM enriched")
+        stmts.add_insert_sql(kafka_insert(names))
     return stmts
 
 

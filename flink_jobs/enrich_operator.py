@@ -59,8 +59,7 @@ class _Metrics:
         self.by_key: dict[tuple[str, str], int] = defaultdict(int)  # (version, status) -> rows
         self.flushed: dict[tuple[str, str], int] = defaultdict(int)
         self.counters: dict[tuple[str, str], Any] = {}
-        self.retries = self.timeouts = 0
-        self._retries_done = self._timeouts_done = 0
+        self.retries = self._retries_done = 0
         self.in_flight = 0
         self.latencies: deque[float] = deque(maxlen=2000)
         self._new_latencies: list[float] = []
@@ -81,7 +80,6 @@ class _Metrics:
             self.by_key[(version, status)] += 1
             self.latencies.append(latency)
             self._new_latencies.append(latency)
-            self.timeouts += status == "timeout"
 
     def retry(self) -> None:
         with self.lock:
@@ -99,7 +97,7 @@ class _Metrics:
                 self.flushed[k] += n
             latencies, self._new_latencies = self._new_latencies, []
             retries, self._retries_done = self.retries - self._retries_done, self.retries
-            timeouts, self._timeouts_done = self.timeouts - self._timeouts_done, self.timeouts
+        timeouts = sum(n for (_, status), n in pending.items() if status == "timeout")
         for (version, status), n in pending.items():
             if (version, status) not in self.counters:
                 self.counters[(version, status)] = (self.group.add_group("version", version)

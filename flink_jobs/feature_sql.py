@@ -139,6 +139,15 @@ def good_view_ddl(src: EventSource) -> str:
     return f"CREATE TEMPORARY VIEW {src.name}_good AS SELECT * FROM {src.name}_parsed WHERE reason IS NULL"
 
 
+def good_events_ddl(src: EventSource, cfg: LivemlConfig, group_id: str, bounded: bool = False,
+                    since_ms: int | None = None, out_of_orderness_ms: int = 500) -> list[str]:
+    """The statements that declare ``<source>_good`` (validated events) and the views under it: the Kafka
+    source, the extract view, the parsed events. Every job reading a source declares these, in this order."""
+    return [kafka_source_ddl(src, cfg, group_id=group_id, bounded=bounded, since_ms=since_ms,
+                             out_of_orderness_ms=out_of_orderness_ms),
+            extract_view_ddl(src), parsed_view_ddl(src), good_view_ddl(src)]
+
+
 def kafka_sink_options(cfg: LivemlConfig, topic: str, transactional_name: str, exactly_once: bool = True,
                        **extra: str) -> dict[str, str]:
     """A JSON Kafka sink's options: transactional (visible to read_committed consumers at each checkpoint,

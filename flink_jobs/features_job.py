@@ -33,11 +33,9 @@ def build_feature_job(t_env: TableEnvironment, cfg: LivemlConfig,
     used = {v.source for v in views}
     sources: list[EventSource] = [SOURCES[name] for name in sorted(used)]
     for src in sources:
-        t_env.execute_sql(fsql.kafka_source_ddl(src, cfg, group_id=f"liveml-features-{src.name}", bounded=bounded,
-                                                since_ms=since_ms, out_of_orderness_ms=out_of_orderness_ms))
-        t_env.execute_sql(fsql.extract_view_ddl(src))
-        t_env.execute_sql(fsql.parsed_view_ddl(src))
-        t_env.execute_sql(fsql.good_view_ddl(src))
+        for ddl in fsql.good_events_ddl(src, cfg, f"liveml-features-{src.name}", bounded, since_ms,
+                                        out_of_orderness_ms):
+            t_env.execute_sql(ddl)
         t_env.execute_sql(fsql.dlq_sink_ddl(src, cfg, exactly_once_dlq))
         stmts.add_insert_sql(fsql.dlq_insert(src))
         stmts.add_insert_sql(fsql.raw_insert(src, cfg.catalog.name))

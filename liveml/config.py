@@ -129,7 +129,7 @@ class EnrichConfig(_Section):
     # channel and reads the model's signature: 2 s was once too short for it on a loaded 2-core machine)
     timeout_ms: int = Field(5000, ge=1)
     deadline_ms: int = Field(500, ge=1)  # each gRPC call's deadline
-    retries: int = Field(3, ge=0)  # transient failures (UNAVAILABLE) retried, with exponential backoff
+    retries: int = Field(3, ge=0)  # unavailable or past-deadline calls retried, with exponential backoff
     backoff_ms: int = Field(50, ge=1)
     ordered: bool = False  # emit in input order (ordered_wait) instead of as answers come
 

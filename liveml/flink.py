@@ -10,6 +10,7 @@ import copy
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -209,6 +210,19 @@ def job_detail(cfg: LivemlConfig, job_id: str) -> dict[str, Any]:
         raise LivemlError(f"no Flink job {job_id} (see `liveml jobs`)")
     resp.raise_for_status()
     return resp.json()
+
+
+def wait_running(cfg: LivemlConfig, job_id: str, timeout: float = 180) -> None:
+    """Until the job and every one of its tasks run (or have finished); a job that ends first is an error."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        job = job_detail(cfg, job_id)
+        if job["state"] in ("FAILED", "CANCELED", "FINISHED"):
+            raise LivemlError(f"Flink job {job_id} is {job['state']} (see `liveml jobs`)")
+        if job["state"] == "RUNNING" and all(v["status"] in ("RUNNING", "FINISHED") for v in job["vertices"]):
+            return
+        time.sleep(0.5)
+    raise LivemlError(f"Flink job {job_id} is not running after {timeout:.0f} s (see `liveml jobs`)")
 
 
 def cancel_job(cfg: LivemlConfig, job_id: str) -> None:

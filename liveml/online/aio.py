@@ -14,9 +14,9 @@ import redis
 import redis.asyncio as aioredis
 
 from iceberg_schemas.features import FeatureView
-from liveml.errors import ServiceError
 from liveml.online.base import EntityRow, to_row, wall_ms
 from liveml.online.layout import entity_key
+from liveml.online.redis import unreachable
 
 
 class AsyncRedisOnlineStore:
@@ -38,7 +38,7 @@ class AsyncRedisOnlineStore:
             try:
                 results = await pipe.execute()
             except (redis.ConnectionError, redis.TimeoutError, OSError):
-                raise ServiceError(f"Redis is not reachable at {self.url}: run `liveml up redis`.") from None
+                raise unreachable(self.url) from None
         found = iter(results)
         rows = []
         for (view, entity), now in zip(requests, nows):
@@ -46,9 +46,6 @@ class AsyncRedisOnlineStore:
             stored = {k.decode(): v.decode() for k, v in raw.items()} if raw else None
             rows.append(to_row(view, "" if entity is None else str(entity), stored, now))
         return rows
-
-    async def get(self, view: FeatureView, entities: Sequence[Any], now_ms: int | None = None) -> list[EntityRow]:
-        return await self.get_many([(view, e) for e in entities], now_ms)
 
     async def close(self) -> None:
         await self.client.aclose()

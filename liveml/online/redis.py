@@ -22,6 +22,10 @@ return 1
 """
 
 
+def unreachable(url: str) -> ServiceError:
+    return ServiceError(f"Redis is not reachable at {url}: run `liveml up redis`.")
+
+
 class RedisOnlineStore:
     def __init__(self, url: str, client: redis.Redis | None = None):
         self.url = url
@@ -32,7 +36,7 @@ class RedisOnlineStore:
         try:
             self.client.ping()
         except redis.RedisError:
-            raise ServiceError(f"Redis is not reachable at {self.url}: run `liveml up redis`.") from None
+            raise unreachable(self.url) from None
 
     def write(self, view: FeatureView, rows: Sequence[tuple[Any, int, Mapping[str, Any]]],
               write_time_ms: int | None = None) -> int:
@@ -58,6 +62,6 @@ class RedisOnlineStore:
         try:
             results = pipe.execute()
         except redis.ConnectionError:
-            raise ServiceError(f"Redis is not reachable at {self.url}: run `liveml up redis`.") from None
+            raise unreachable(self.url) from None
         return [to_row(view, str(e), {k.decode(): v.decode() for k, v in raw.items()} if raw else None, now)
                 for e, raw in zip(entities, results)]

@@ -289,7 +289,7 @@ def test_a_slow_model_server_times_out_and_output_continues(stack_config, tmp_pa
         events = live_events(300, seed=7, trips_per_s=50.0)
         ids = end_ids(events)
         df, (timeouts, restarted) = enrich_live(tenant, events, rate=300, check=lambda cfg, job: (
-            operator_metric(cfg, job, "liveml.enrich.timeouts"), restarts(cfg, job)))
+            polled_metric(cfg, job, "timeouts"), restarts(cfg, job)))
         assert restarted == 0
     finally:
         server.stop()
@@ -301,27 +301,14 @@ def test_a_slow_model_server_times_out_and_output_continues(stack_config, tmp_pa
     assert 0 < timeouts <= len(ids), (timeouts, len(ids))
 
 
-def operator_metric(cfg, job_id: str, suffix: str, timeout: float = 30) -> float:
-    """Sum of a metric over the job's subtasks, read from Flink's REST API (which fetches them from the
-    TaskManagers every few seconds, so it is polled)."""
-    base = f"{cfg.flink.rest_url}/jobs/{job_id}"
+def polled_metric(cfg, job_id: str, metric: str, timeout: float = 90) -> float:
+    """A ``liveml.enrich`` metric summed over the job's subtasks, polled until it is non-zero: Flink's REST API
+    fetches metrics from the TaskManagers every few seconds."""
+    from tests.integration.test_features_faults import operator_metric
+
     deadline = time.monotonic() + timeout
-    seen: list[str] = []
-    while True:
-        total, found = 0.0, False
-        for vertex in requests.get(base, timeout=5).json()["vertices"]:
-            url = f"{base}/vertices/{vertex['id']}/metrics"
-            names = [m["id"] for m in requests.get(url, timeout=5).json()]
-            seen += [n for n in names if "liveml" in n]
-            wanted = [n for n in names if n.endswith(suffix)]
-            if wanted:
-                values = requests.get(url, params={"get": ",".join(wanted)}, timeout=5).json()
-                total += sum(float(v["value"]) for v in values)
-                found = True
-        if found or time.monotonic() > deadline:
-            break
+    while not (total := operator_metric(cfg, job_id, "liveml.enrich", metric)) and time.monotonic() < deadline:
         time.sleep(2)
-    assert found, f"no metric ending in {suffix}; the job's liveml metrics: {sorted(set(seen))}"
     return total
 
 

@@ -89,7 +89,7 @@ def test_taskmanager_killed_mid_stream_loses_and_duplicates_nothing(stack_config
                     assert row.values[name] == pytest.approx(want[name], rel=1e-9, abs=1e-9), (v.name, name)
 
 
-def _operator_metric(cfg, job_id: str, operator: str, metric: str) -> float:
+def operator_metric(cfg, job_id: str, operator: str, metric: str) -> float:
     """Sum an operator metric over every subtask (Flink REST API); ``operator`` is substrings joined by *."""
     job = requests.get(f"{cfg.flink.rest_url}/jobs/{job_id}", timeout=5).json()
     total = 0.0
@@ -155,11 +155,11 @@ def test_five_percent_bad_events_go_to_the_dlq_and_the_job_keeps_running(stack_c
         # Flink's REST API serves metrics it fetches from the TaskManagers every few seconds; on a loaded
         # machine (one CI run) they were not there after 30 s
         deadline = time.time() + 90
-        while _operator_metric(cfg, job_id, "trips_dlq[*__Writer", "numRecordsIn") < len(dlq) and time.time() < deadline:
+        while operator_metric(cfg, job_id, "trips_dlq[*__Writer", "numRecordsIn") < len(dlq) and time.time() < deadline:
             time.sleep(1)
-        assert _operator_metric(cfg, job_id, "trips_dlq[*__Writer", "numRecordsIn") == len(dlq)
-        assert _operator_metric(cfg, job_id, "Source__trips_kafka", "numRecordsOut") == len(trips) + len(late)
-        assert _operator_metric(cfg, job_id, "trips_late[*__Writer", "numRecordsIn") == len(late)
+        assert operator_metric(cfg, job_id, "trips_dlq[*__Writer", "numRecordsIn") == len(dlq)
+        assert operator_metric(cfg, job_id, "Source__trips_kafka", "numRecordsOut") == len(trips) + len(late)
+        assert operator_metric(cfg, job_id, "trips_late[*__Writer", "numRecordsIn") == len(late)
 
         state = requests.get(f"{cfg.flink.rest_url}/jobs/{job_id}", timeout=5).json()["state"]
         assert state == "RUNNING"

@@ -52,7 +52,8 @@ def test_features_come_in_the_training_sets_order_and_missing_views_read_as_none
     assert a.features["fare"] == 12.5 and a.features["company"] == "Flash Cab"
     assert a.views[first.name] == {"status": "ok", "event_time_ms": 1_000, "age_s": 4.5}
     assert a.views[second.name]["status"] == "expired"
-    assert set(a.missing()) == {n for v in TIPS.feature_views[1:] for n in v.feature_names()}
+    missing = {k for k, v in a.features.items() if v is None}
+    assert missing == {n for v in TIPS.feature_views[1:] for n in v.feature_names()}
     inputs = model_inputs(a.features, lambda k: {"fare": math.nan}.get(k, -1))
     assert all(inputs[n] == -1 for n in second.feature_names())
 
