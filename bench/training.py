@@ -92,7 +92,9 @@ def main() -> None:
     from tests.offline_fixtures import real_training_set
 
     cfg = load_config()
-    work = Path(tempfile.mkdtemp(prefix="training-", dir=cfg.path("tmp")))
+    scratch = cfg.path("tmp")
+    scratch.mkdir(parents=True, exist_ok=True)  # a fresh LIVEML_HOME has none yet
+    work = Path(tempfile.mkdtemp(prefix="training-", dir=scratch))
     data = work / "data"
     data.mkdir()
     print(f"building the training set from the real trips under {data} ...", flush=True)
