@@ -9,7 +9,7 @@
 
 Batches, because PyFlink's async operator costs per record (a Beam element, a coroutine, a timeout
 timer thread): one event per record ran 1,228 enriched events/s on 2 cores, batches of the events that
-arrive within 20 ms 3,954/s (bench/enrichment.py, median of 3). A batch adds at most the window to the latency.
+arrive within 20 ms 3,979/s (bench/enrichment.py, median of 3). A batch adds at most the window to the latency.
 With ``--bounded`` the batches are of one event: processing-time windows do not fire at the end of a
 bounded input, and the last window would be lost.
 
