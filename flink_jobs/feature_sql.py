@@ -207,32 +207,65 @@ def raw_insert(src: EventSource, catalog: str) -> str:
             f"SELECT {', '.join(exprs)} FROM {src.name}_good")
 
 
-def agg_expr(agg: Aggregation) -> str:
-    f = q(agg.source_field) if agg.source_field else None
-    return {
-        "count": "COUNT(*)",
-        "sum": f"SUM(CAST({f} AS DOUBLE))",
-        "avg": f"AVG(CAST({f} AS DOUBLE))",
-        "min": f"MIN(CAST({f} AS DOUBLE))",
-        "max": f"MAX(CAST({f} AS DOUBLE))",
-        "last": f"LAST_VALUE(CAST({f} AS DOUBLE))",
-        "distinct": f"COUNT(DISTINCT {f})",
-        "rate": f"AVG(CASE WHEN {f} THEN CAST(1.0 AS DOUBLE) ELSE CAST(0.0 AS DOUBLE) END)",
-    }[agg.op]
+def exact_units(agg: Aggregation, src: EventSource) -> tuple[str, int]:
+    """The aggregated field as exact integers, and how many of them make one unit of the field.
 
+    Integer fields are their own units. A double is counted in 10^-scale units of its declared ``scale``
+    (fare in cents: ``FLOOR(fare * 100 + 0.5)``, half up), since a double with a declared precision is an
+    integer of that precision in disguise. A double without a scale cannot be summed exactly, so a view that
+    sums or averages one is refused here rather than left to drift.
 
-def over_expr(agg: Aggregation, batch: bool = False) -> str:
-    """The aggregate over window ``w``.
-
-    Flink's batch planner has no DISTINCT in OVER windows, so in batch a distinct count is the size of the
-    distinct array of the window's values, less one if the window holds a NULL (COUNT DISTINCT skips NULLs).
-    The parity check (``liveml parity``) holds the two forms to the same results.
+    Raises:
+        ValueError: the field is a double without a declared ``scale``, or not a number.
     """
-    if batch and agg.op == "distinct":
-        f = q(agg.source_field)
-        return (f"CAST(CARDINALITY(ARRAY_DISTINCT(ARRAY_AGG({f}) OVER w)) AS BIGINT)"
-                f" - CASE WHEN COUNT({f}) OVER w < COUNT(*) OVER w THEN 1 ELSE 0 END")
-    return f"{agg_expr(agg)} OVER w"
+    f = src.field(agg.source_field)
+    col = q(column(f))
+    if f.type in ("int", "bigint"):
+        return f"CAST({col} AS BIGINT)", 1
+    if f.type == "double" and f.scale is not None:
+        d = 10 ** f.scale
+        return f"CAST(FLOOR({col} * CAST({d} AS DOUBLE) + CAST(0.5 AS DOUBLE)) AS BIGINT)", d
+    raise ValueError(f"{agg.op} over {src.name}.{f.name} ({f.type}) cannot be exact: declare the field's "
+                     f"precision in the source contract, e.g. EventField({f.name!r}, 'double', scale=2)")
+
+
+def agg_expr(agg: Aggregation, src: EventSource, over: str = "OVER w", batch: bool = False) -> str:
+    """One feature's value over window ``w``, a function of the window's events alone.
+
+    Flink's OVER window keeps one accumulator per key: it adds each event and retracts it when it leaves. A
+    running DOUBLE sum so drifts (``avg`` of one 3.25 fare came out 3.2499999...) for as long as the job runs.
+    So every retracted accumulator here is an integer: ``sum`` and ``avg`` add :func:`exact_units`, ``rate``
+    adds 0/1 counts, and each divides once at the end. ``avg`` is ``SUM(units) / (COUNT * units per unit)``,
+    a single IEEE division of two exact integers: the exact mean, correctly rounded. ``min``, ``max``,
+    ``last`` and ``distinct`` keep the values themselves (Flink's retractable MIN/MAX/LAST_VALUE/COUNT
+    DISTINCT hold them in map state), so they are exact. NULLs are skipped, as SQL aggregates skip them.
+
+    In ``batch`` (Flink's batch planner has no DISTINCT in OVER windows) a distinct count is the size of
+    the distinct array of the window's values, less one if the window holds a NULL. ``liveml parity``
+    holds the two forms to the same results.
+    """
+    f = q(column(src.field(agg.source_field))) if agg.source_field else None
+    if agg.op == "count":
+        return f"COUNT(*) {over}"
+    if agg.op in ("sum", "avg"):
+        units, per_unit = exact_units(agg, src)
+        total = f"CAST(SUM({units}) {over} AS DOUBLE)"
+        if agg.op == "sum":
+            return total if per_unit == 1 else f"{total} / CAST({per_unit} AS DOUBLE)"
+        return f"{total} / (CAST(COUNT({f}) {over} AS DOUBLE) * CAST({per_unit} AS DOUBLE))"
+    if agg.op == "rate":
+        hits = f"CASE WHEN {f} THEN CAST(1 AS BIGINT) WHEN NOT {f} THEN CAST(0 AS BIGINT) END"
+        return f"CAST(SUM({hits}) {over} AS DOUBLE) / CAST(COUNT({f}) {over} AS DOUBLE)"
+    if agg.op in ("min", "max"):
+        return f"{agg.op.upper()}(CAST({f} AS DOUBLE)) {over}"
+    if agg.op == "last":
+        return f"LAST_VALUE(CAST({f} AS DOUBLE)) {over}"
+    if agg.op == "distinct":
+        if batch:
+            return (f"CAST(CARDINALITY(ARRAY_DISTINCT(ARRAY_AGG({f}) {over})) AS BIGINT)"
+                    f" - CASE WHEN COUNT({f}) {over} < COUNT(*) {over} THEN 1 ELSE 0 END")
+        return f"COUNT(DISTINCT {f}) {over}"
+    raise ValueError(f"aggregation {agg.op!r} has no SQL form")
 
 
 def feature_view_ddl(view: FeatureView, src: EventSource, batch: bool = False) -> str:
@@ -244,10 +277,10 @@ def feature_view_ddl(view: FeatureView, src: EventSource, batch: bool = False) -
 
     ``batch`` is the backfill's dialect of the same view: the window is ordered by epoch milliseconds
     (Flink 2.2's batch code generation fails on a RANGE interval over a timestamp) and distinct counts
-    take the form of :func:`over_expr`. Rows, filters, names and window bounds are the same.
+    take the form of :func:`agg_expr`. Rows, filters, names and window bounds are the same.
     """
     window_seconds(view.window)
-    feats = ",\n  ".join(f"{over_expr(a, batch)} AS {q(n)}"
+    feats = ",\n  ".join(f"{agg_expr(a, src, batch=batch)} AS {q(n)}"
                          for a, n in zip(view.aggregations, view.feature_names()))
     where = [f"{q(view.entity)} IS NOT NULL", "NOT is_late"]
     where += [f"{q(name)} = '{value}'" for name, value in view.only.items()]

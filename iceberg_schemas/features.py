@@ -15,7 +15,7 @@ import re
 from dataclasses import dataclass, field
 from datetime import timedelta
 
-SPEC_VERSION = 2
+SPEC_VERSION = 3  # 3: sums, averages and rates are exact (integer accumulators, one division)
 
 AGG_OPS = ("count", "sum", "avg", "min", "max", "last", "distinct", "rate")
 _WINDOW = re.compile(r"^(\d+)(s|m|h|d)$")

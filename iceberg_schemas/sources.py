@@ -20,11 +20,22 @@ class EventField:
     max: float | None = None
     choices: tuple[str, ...] | None = None
     epoch_ms: bool = False  # a time as epoch milliseconds; stored as timestamptz in Iceberg
+    # Decimal places the value carries (fare in cents: 2). A double with a declared scale is summed and
+    # averaged as integers of 10^-scale units, so windowed sums are exact (see flink_jobs.feature_sql.agg_expr);
+    # a finer value is rounded half up to it there.
+    scale: int | None = None
     doc: str = ""
 
     def __post_init__(self) -> None:
         if self.type not in FLINK_TYPES:
             raise ValueError(f"field {self.name}: type {self.type!r} is not one of {sorted(FLINK_TYPES)}")
+        if self.scale is not None and (self.type != "double" or not 0 <= self.scale <= 9):
+            raise ValueError(f"field {self.name}: scale {self.scale!r} needs type double and 0 <= scale <= 9")
+
+    @property
+    def exact_sum(self) -> bool:
+        """Whether sums over this field can be exact: integers are, doubles only at a declared scale."""
+        return self.type in ("int", "bigint") or self.scale is not None
 
 
 @dataclass(frozen=True)
@@ -62,8 +73,8 @@ TRIPS = EventSource(
         EventField("dropoff_community_area", "int", min=1, max=77),
         EventField("company", "string"),
         EventField("payment_type", "string"),
-        EventField("fare", "double", min=0, max=1000),
-        EventField("trip_miles", "double", min=0, max=500),
+        EventField("fare", "double", min=0, max=1000, scale=2, doc="dollars, in cents"),
+        EventField("trip_miles", "double", min=0, max=500, scale=2, doc="miles, to 1/100"),
         EventField("trip_seconds", "bigint", min=0, max=86400),
         EventField("pickup_latitude", "double", min=-90, max=90),
         EventField("pickup_longitude", "double", min=-180, max=180),
@@ -83,8 +94,8 @@ LABELS = EventSource(
         EventField("label_time", "bigint", required=True, min=0, epoch_ms=True, doc="when the tip became known"),
         EventField("decision_time", "bigint", min=0, epoch_ms=True, doc="the trip's end"),
         EventField("company", "string"),
-        EventField("fare", "double", min=0, max=1000),
-        EventField("tips", "double", min=0, max=1000),
+        EventField("fare", "double", min=0, max=1000, scale=2, doc="dollars, in cents"),
+        EventField("tips", "double", min=0, max=1000, scale=2, doc="dollars, in cents"),
         EventField("big_tipper", "boolean", required=True),
     ),
 )

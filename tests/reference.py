@@ -6,6 +6,8 @@ SQL compiler, so a compiler bug shows up as a mismatch.
 
 from __future__ import annotations
 
+from fractions import Fraction
+
 import numpy as np
 import pandas as pd
 
@@ -21,8 +23,8 @@ def valid(events: pd.DataFrame, source: str) -> pd.Series:
         col = events[f.name] if f.name in events else pd.Series(np.nan, index=events.index)
         if f.required:
             ok &= col.notna()
-        num = pd.to_numeric(col, errors="coerce") if f.type in ("int", "bigint", "double") else None
-        if f.min is not None:
+        num = pd.to_numeric(col, errors="coerce").astype("float64") if f.type in ("int", "bigint", "double") else None
+        if f.min is not None:  # a missing value is not out of bounds (float NaN compares False; pd.NA would not)
             ok &= ~(num < f.min)
         if f.max is not None:
             ok &= ~(num > f.max)
@@ -39,21 +41,48 @@ def qualifying(events: pd.DataFrame, view: FeatureView) -> pd.DataFrame:
     return df[df[view.entity].notna()].copy()
 
 
-def _last(col: pd.Series) -> float:
+def _last(col: pd.Series, field=None) -> float:
     present = col.dropna()
     return float(present.iloc[-1]) if len(present) else float("nan")
 
 
-# every aggregation of iceberg_schemas.features.AGG_OPS, over the window's rows (in event-time order)
+def _units(col: pd.Series, field) -> tuple[list[int], int]:
+    """The non-null values as integers of the field's declared precision (fare in cents), and units per 1.
+
+    From the contract, not from the SQL: a value of a field in cents is a whole number of cents."""
+    present = col.dropna()
+    if field.type in ("int", "bigint"):
+        return [int(v) for v in present], 1
+    d = 10 ** field.scale
+    return [int(np.floor(float(v) * d + 0.5)) for v in present], d
+
+
+def _exact_sum(col: pd.Series, field) -> float:
+    units, d = _units(col, field)
+    return float(Fraction(sum(units), d)) if units else float("nan")
+
+
+def _exact_avg(col: pd.Series, field) -> float:
+    units, d = _units(col, field)
+    return float(Fraction(sum(units), len(units) * d)) if units else float("nan")
+
+
+def _exact_rate(col: pd.Series, field=None) -> float:
+    present = col.dropna()
+    return float(Fraction(int(sum(bool(v) for v in present)), len(present))) if len(present) else float("nan")
+
+
+# every aggregation of iceberg_schemas.features.AGG_OPS, over the window's rows (in event-time order): the
+# exact value from the window's events alone, correctly rounded to a double once (Fraction -> float)
 AGGREGATE = {
-    "count": lambda win, col: len(win),
-    "sum": lambda win, col: col.astype(float).sum(),
-    "avg": lambda win, col: col.astype(float).mean(),
-    "min": lambda win, col: col.astype(float).min(),
-    "max": lambda win, col: col.astype(float).max(),
-    "last": lambda win, col: _last(col),
-    "distinct": lambda win, col: col.nunique(dropna=True),
-    "rate": lambda win, col: col.astype(float).mean(),
+    "count": lambda win, col, field: len(win),
+    "sum": _exact_sum,
+    "avg": _exact_avg,
+    "min": lambda win, col, field: col.astype(float).min(),
+    "max": lambda win, col, field: col.astype(float).max(),
+    "last": lambda win, col, field: _last(col),
+    "distinct": lambda win, col, field: col.nunique(dropna=True),
+    "rate": lambda win, col, field: _exact_rate(col),
 }
 
 
@@ -74,7 +103,8 @@ def expected_view(events: pd.DataFrame, view: FeatureView, time_col: str, latest
             row = {view.entity: entity, "source_id": df.at[idx, "trip_id"], "event_time_ms": int(t)}
             for agg, name in zip(view.aggregations, view.feature_names()):
                 col = win[agg.source_field] if agg.source_field else None
-                row[name] = AGGREGATE[agg.op](win, col)
+                field = SOURCES[view.source].field(agg.source_field) if agg.source_field else None
+                row[name] = AGGREGATE[agg.op](win, col, field)
             out.append(row)
     return pd.DataFrame(out)
 

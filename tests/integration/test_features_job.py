@@ -16,9 +16,9 @@ import pytest
 from pyiceberg.catalog import load_catalog
 
 from flink_jobs import replay as rp
-from iceberg_schemas.features import FEATURE_VIEWS, view
+from iceberg_schemas.features import FEATURE_VIEWS, SPEC_VERSION, view
 from liveml.config import load_config
-from liveml.demo import wait_for_job
+from liveml.flink import wait_for_job
 from liveml.online.redis import RedisOnlineStore
 from liveml.tenant import create_tenant
 from tests.conftest import cli_json, plain_flink_run
@@ -79,15 +79,12 @@ def test_iceberg_feature_rows_equal_pandas(replayed, view_name):
     assert len(want) > 100, "the reference is too small to mean anything"
     assert got.index.is_unique
     assert list(got.index) == list(want.index)
-    assert (got["spec_version"] == 2).all()
+    assert (got["spec_version"] == SPEC_VERSION).all()
     got_ms = ((got["event_time"] - pd.Timestamp(0, tz="UTC")) // pd.Timedelta(milliseconds=1)).to_numpy()
     assert (got_ms == want["event_time_ms"].to_numpy()).all()
     for agg, name in zip(v.aggregations, v.feature_names()):
-        if agg.is_integer or agg.op in ("max", "min"):
-            assert (got[name].to_numpy() == want[name].to_numpy()).all(), name
-        else:
-            np.testing.assert_allclose(got[name].to_numpy(float), want[name].to_numpy(float), rtol=1e-9,
-                                       atol=1e-9, err_msg=name)
+        # exact for every op: the window's aggregates depend on its events alone (feature_sql.agg_expr)
+        np.testing.assert_array_equal(got[name].to_numpy(float), want[name].to_numpy(float), err_msg=name)
 
 
 @pytest.mark.parametrize("view_name", [v.name for v in FEATURE_VIEWS])
@@ -109,7 +106,7 @@ def test_redis_holds_the_latest_values(replayed, view_name):
         assert row.status == "ok", (entity, row)
         assert row.event_time_ms == want["event_time_ms"]
         for name in v.feature_names():
-            assert row.values[name] == pytest.approx(want[name], rel=1e-9, abs=1e-9), (entity, name)
+            assert row.values[name] == want[name], (entity, name)  # exact: feature_sql.agg_expr
         checked += 1
     assert checked >= 1
 

@@ -1,5 +1,7 @@
 """The SQL the compiler derives from the specs, read without a cluster."""
 
+from datetime import timedelta
+
 import pytest
 
 from flink_jobs import feature_sql as fsql
@@ -42,7 +44,7 @@ def test_feature_view_sql_uses_one_window_per_view():
     for v in FEATURE_VIEWS:
         src = TRIPS if v.source == "trips" else LABELS
         sql = fsql.feature_view_ddl(v, src)
-        assert sql.count("OVER w") == len(v.feature_names())
+        assert sql.count("WINDOW w AS") == 1 and "OVER (" not in sql
         assert f"PARTITION BY `{v.entity}` ORDER BY event_time" in sql
         assert "NOT is_late" in sql
         for name in v.feature_names():
@@ -51,7 +53,7 @@ def test_feature_view_sql_uses_one_window_per_view():
 
 def test_aggregations_compile():
     sql = fsql.feature_view_ddl(view("company_tips_24h"), LABELS)
-    assert "AVG(CASE WHEN `big_tipper` THEN" in sql and "`label_time_ms` AS event_time_ms" in sql
+    assert "SUM(CASE WHEN `big_tipper` THEN CAST(1 AS BIGINT)" in sql and "`label_time_ms` AS event_time_ms" in sql
     assert "COUNT(DISTINCT `company`) OVER w" in fsql.feature_view_ddl(view("pickup_area_15m"), TRIPS)
 
 
@@ -133,3 +135,50 @@ def test_backfill_insert_overwrites_only_from_its_start():
     sql = fsql.feature_iceberg_insert(v, "liveml", backfill_table(v), overwrite=True, since_ms=123)
     assert sql.startswith("INSERT OVERWRITE `liveml`.`backfill`.`pickup_area_1h`")
     assert sql.rstrip().endswith("WHERE event_time_ms >= 123")
+
+
+# --- exact windows: no retracted accumulator is a float -------------------------------------------------
+def _all_ops_view(field: str = "fare"):
+    from iceberg_schemas.features import AGG_OPS, Aggregation, FeatureView
+
+    aggs = tuple(Aggregation("labels", "count") if op == "count" else
+                 Aggregation("tip", op, source="big_tipper") if op == "rate" else Aggregation(field, op)
+                 for op in AGG_OPS)
+    return FeatureView("every_op", "company", "string", "labels", "1h", aggs, timedelta(hours=1), "every op", "test")
+
+
+def test_sums_and_averages_accumulate_integers_and_divide_once():
+    import re
+
+    v = _all_ops_view()
+    sql = fsql.feature_view_ddl(v, LABELS)
+    for batch in (False, True):
+        for agg in v.aggregations:
+            expr = fsql.agg_expr(agg, LABELS, batch=batch)
+            # every SUM is over BIGINT: a running DOUBLE sum drifts as events enter and leave the window
+            for summed in re.findall(r"SUM\((.*?)\) OVER w", expr):
+                assert "AS BIGINT)" in summed and "AVG(" not in expr, expr
+            assert "AVG(" not in expr
+    assert "FLOOR(`fare` * CAST(100 AS DOUBLE) + CAST(0.5 AS DOUBLE))" in sql  # fare in cents, from the contract
+    avg = fsql.agg_expr(next(a for a in v.aggregations if a.op == "avg"), LABELS)
+    assert avg.count(" / ") == 1  # one division: the correctly rounded exact mean
+
+
+def test_a_double_without_declared_precision_cannot_be_summed():
+    from iceberg_schemas.features import Aggregation
+
+    for op in ("sum", "avg"):
+        with pytest.raises(ValueError, match=r"pickup_latitude.*declare the field's precision.*scale="):
+            fsql.agg_expr(Aggregation("pickup_latitude", op), TRIPS)
+    # min, max and last keep values, so any double is fine there; integers sum exactly without a scale
+    fsql.agg_expr(Aggregation("pickup_latitude", "max"), TRIPS)
+    assert fsql.exact_units(Aggregation("trip_seconds", "sum"), TRIPS) == ("CAST(`trip_seconds` AS BIGINT)", 1)
+
+
+def test_money_fields_declare_their_precision():
+    assert TRIPS.field("fare").scale == 2 and TRIPS.field("trip_miles").scale == 2
+    assert LABELS.field("tips").scale == 2 and LABELS.field("fare").scale == 2
+    with pytest.raises(ValueError, match="scale"):
+        from iceberg_schemas.sources import EventField
+
+        EventField("n", "string", scale=2)
