@@ -12,6 +12,10 @@ Kept free of Flink and gRPC so unit tests can pin the rules down:
   (the model reads them as missing), never stale values.
 * **Output** (:func:`prediction_row`): one row per trip with the score or, if there is none, a status and
   the reason; the features sent, and per view the event time and age of the values used.
+* **Statuses** (:data:`STATUSES`, :func:`status_of`) say why there is no score, so each has its own fix:
+  ``timeout`` (no answer in time), ``unavailable`` (the server or the online store cannot be reached),
+  ``no_model`` (the server has no such model, version or label: a model must be pushed or promoted, and
+  the reason names the command), ``invalid`` (the model cannot take these inputs).
 """
 
 from __future__ import annotations
@@ -25,16 +29,18 @@ from typing import Any, Mapping, Sequence
 from iceberg_schemas.features import FeatureView
 from iceberg_schemas.training import TIPS, TrainingSetSpec
 
-STATUSES = ("ok", "timeout", "unavailable", "invalid")
+STATUSES = ("ok", "timeout", "unavailable", "no_model", "invalid")
 
-# gRPC status code name -> the row's status. Anything else the server answers with is a request the model
-# cannot take ("invalid"); transport-level trouble is "unavailable".
+# gRPC status code name -> the row's status. NOT_FOUND is a model, version or label the server does not
+# have ("no_model"); transport-level trouble is "unavailable"; anything else the server answers with is a
+# request the model cannot take ("invalid").
 _BY_CODE = {"OK": "ok", "DEADLINE_EXCEEDED": "timeout", "UNAVAILABLE": "unavailable", "CANCELLED": "unavailable",
             "RESOURCE_EXHAUSTED": "unavailable", "ABORTED": "unavailable", "UNKNOWN": "unavailable",
-            "INTERNAL": "unavailable"}
+            "INTERNAL": "unavailable", "NOT_FOUND": "no_model"}
 
 
 def status_of(code_name: str) -> str:
+    """The row's status for a gRPC status code name (``grpc.StatusCode.X.name``)."""
     return _BY_CODE.get(code_name, "invalid")
 
 

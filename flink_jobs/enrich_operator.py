@@ -15,10 +15,12 @@ How PyFlink 2.2 runs it, and what that dictates (each point was measured on this
 * Concurrent events share round trips: the online-store reads and the ``Predict`` calls in flight go through
   :class:`flink_jobs.microbatch.MicroBatcher` (one pipeline, one multi-row request per label).
 * A failed call never fails the job. ``async_invoke`` turns gRPC errors into a row with a status
-  (``unavailable``, ``invalid``, ``timeout`` for a missed deadline); the retry strategy re-invokes it while
-  the status is ``unavailable`` or ``timeout`` (:data:`RETRYABLE`: a call's deadline is per attempt, e.g.
-  the first call of a cold channel), with exponential backoff, within the operator's timeout; and
-  :meth:`timeout` emits the row with ``score = None`` and the reason once that budget is spent.
+  (``unavailable``, ``invalid``, ``timeout`` for a missed deadline, ``no_model`` when the server has no such
+  model, version or label, with a reason naming it and the command that serves one); the retry strategy
+  re-invokes it while the status is ``unavailable`` or ``timeout`` (:data:`RETRYABLE`: a call's deadline is
+  per attempt, e.g. the first call of a cold channel), with exponential backoff, within the operator's
+  timeout; and :meth:`timeout` emits the row with ``score = None`` and the reason once that budget is spent.
+  ``no_model`` is final at once: a model appears by a push or a promote, not within a batch's budget.
 * Counters updated on the event loop's thread are lost (Beam counts metric updates only on the bundle's
   thread); gauges are read on the bundle's thread. So the operator keeps plain totals and a gauge callback
   moves them into Flink counters and distributions (:class:`_Metrics`).
@@ -40,14 +42,15 @@ from flink_jobs import enrich as E
 from flink_jobs.microbatch import MicroBatcher
 
 # statuses worth another attempt within the operator's budget: transport trouble, and a call that missed its
-# own (per-attempt) deadline
+# own (per-attempt) deadline. Never "no_model" or "invalid": another attempt gets the same answer.
 RETRYABLE = ("unavailable", "timeout")
 
 
 class _Metrics:
     """Totals kept on any thread; flushed into Flink's metric group from a gauge (the bundle's thread).
 
-    Under ``liveml.enrich``: ``predictions`` (and per ``version.<v>.status.<s>``), ``retries``,
+    Under ``liveml.enrich``: ``predictions`` (and per ``version.<v>.status.<s>``, ``<s>`` one of
+    :data:`flink_jobs.enrich.STATUSES`: a missing model counts under ``version.none.status.no_model``), ``retries``,
     ``timeouts``, gauges ``in_flight``, ``latency_p50_ms`` / ``latency_p99_ms`` (last 2,000 rows), and the
     distribution ``latency_ms``. Prometheus sees them as ``flink_taskmanager_job_task_operator_liveml_...``.
     """
@@ -195,11 +198,15 @@ class EnrichFunction(AsyncFunction):
     async def _score(self, label: str, inputs: dict) -> E.Outcome:
         import grpc
 
+        from serving.client import ModelNotFound
+
         try:
             score, version = await self._predictor(label).submit(inputs)
             if not math.isfinite(score):
                 return E.Outcome("invalid", None, version, reason=f"the model returned {score} for these inputs")
             return E.Outcome("ok", score, version)
+        except ModelNotFound as exc:  # names the model or label, and the command that serves one
+            return E.Outcome("no_model", reason=str(exc))
         except grpc.aio.AioRpcError as exc:
             return E.Outcome(E.status_of(exc.code().name), reason=f"{exc.code().name}: {exc.details()}")
         except (ValueError, KeyError) as exc:  # the model's signature does not take these inputs

@@ -41,10 +41,15 @@ def serve(ctx, flags) -> None:
 
 
 def _run(coro):
+    """Run a client coroutine; gRPC failures become our errors, each with the next step."""
     import grpc
+
+    from serving.client import ModelNotFound
 
     try:
         return asyncio.run(coro)
+    except ModelNotFound as exc:  # says which model, version or label, and the command that serves one
+        raise LivemlError(str(exc)) from None
     except grpc.aio.AioRpcError as exc:
         if exc.code() == grpc.StatusCode.UNAVAILABLE:
             raise ServiceError(f"the model server is not reachable ({exc.details()}): run `liveml up serving`") from None
@@ -61,7 +66,9 @@ def _run(coro):
 @click.option("--timeout", type=float, default=5.0, show_default=True, help="Deadline in seconds.")
 @click.pass_context
 def predict(ctx, model, version, label, signature, features_json, timeout) -> None:
-    """Call Predict on the model server (gRPC) with raw features; prints the outputs and the version as JSON."""
+    """Call Predict on the model server (gRPC) with raw features; prints the outputs and the version as JSON.
+
+    Without a model, version or label to answer, it says which is missing and the command that serves one."""
     from serving.client import PredictionClient
 
     cfg = _cfg(ctx)
@@ -106,7 +113,8 @@ def _find(config, name: str):
         if m.name == name:
             return m
     raise LivemlError(f"model {name!r} is not in the server's model config (<home>/serving/models.config); "
-                      f"models: {[m.name for m in config.model_config_list.config]}")
+                      f"models: {[m.name for m in config.model_config_list.config]}. Pass one of them as --model, "
+                      f"or set serving.model_name in liveml.yaml")
 
 
 async def _wait_available(client, model: str, version: int, timeout_s: float = 120.0) -> None:
@@ -118,7 +126,8 @@ async def _wait_available(client, model: str, version: int, timeout_s: float = 1
     while time.monotonic() < deadline:
         try:
             st = (await client.status(model, version=version)).model_version_status[0]
-        except grpc.aio.AioRpcError:  # NOT_FOUND until the server has polled the new version
+        except grpc.aio.AioRpcError as exc:  # NOT_FOUND until the server has polled the new version
+            state = f"{exc.code().name}: {exc.details()}"
             await asyncio.sleep(0.5)
             continue
         state = get_model_status_pb2.ModelVersionStatus.State.Name(st.state)
@@ -141,7 +150,10 @@ def set_label(cfg: LivemlConfig, model: str, label: str, version: int, record: b
     entry = _find(config, model)
     on_disk = versions_on_disk(entry.base_path)
     if version not in on_disk:
-        raise LivemlError(f"{model} has no version {version} under {entry.base_path}; versions: {on_disk}")
+        raise LivemlError(f"{model} has no version {version} under {entry.base_path}; versions: {on_disk or 'none'}. "
+                          + (f"Promote one of them (`liveml models list --model {model}` shows their metrics), "
+                             "or push a new one with `liveml train`" if on_disk
+                             else "`liveml train` pushes the first one"))
     labels = dict(entry.version_labels)
     keep = sorted(set(labels.values()) | {version} | ({max(on_disk)} if on_disk else set()))
     entry.model_version_policy.Clear()
@@ -224,16 +236,35 @@ def models_list(ctx, model, as_json) -> None:
     _emit(rows, as_json, render)
 
 
+def latest_version(cfg: LivemlConfig, model: str) -> int:
+    """The newest version under the model's base path (the one `liveml train` pushed last)."""
+    from serving.model_config import versions_on_disk
+
+    entry = _find(_model_config(cfg), model)
+    on_disk = versions_on_disk(entry.base_path)
+    if not on_disk:
+        raise LivemlError(f"{model} has no version under {entry.base_path} yet: `liveml train` pushes the first one")
+    return max(on_disk)
+
+
 @models.command("promote")
-@click.argument("version", type=int)
+@click.argument("version")
 @click.option("--label", default="stable", show_default=True)
 @click.option("--model", default=None)
 @click.option("--json", "as_json", is_flag=True)
 @click.pass_context
 def models_promote(ctx, version, label, model, as_json) -> None:
-    """Point LABEL at VERSION on the running server (HandleReloadConfigRequest), and remember the move."""
+    """Point LABEL at VERSION (a number, or `latest`: the newest pushed) on the running server
+    (HandleReloadConfigRequest), and remember the move."""
     cfg = _cfg(ctx)
-    result = set_label(cfg, model or cfg.serving.model_name, label, version)
+    model = model or cfg.serving.model_name
+    if version == "latest":
+        version = latest_version(cfg, model)
+    elif version.isdigit():
+        version = int(version)
+    else:
+        raise click.BadParameter(f"{version!r} is neither a version number nor `latest`", param_hint="VERSION")
+    result = set_label(cfg, model, label, version)
     _emit(result, as_json, lambda r: console.print(f"{r['model']}: {r['label']} -> version {r['version']}"))
 
 

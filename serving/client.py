@@ -9,6 +9,9 @@
 * Retries are gRPC's own (a ``retryPolicy`` in the channel's service config), on transient codes only:
   UNAVAILABLE by default. INVALID_ARGUMENT, NOT_FOUND and DEADLINE_EXCEEDED are never retried: they will
   not get better, and a retry after a deadline would outlive the caller's budget.
+* A model, version or label the server does not have raises :class:`ModelNotFound` (still an
+  ``AioRpcError``), which names what is missing and the command that serves one: NOT_FOUND, and TF
+  Serving's INVALID_ARGUMENT for an unknown label, are not bad requests, and no retry will help.
 * Inputs are converted to the dtypes the model's signature declares (read once per model and signature
   with GetModelMetadata), so callers pass plain Python values; tensors are built from the protos, not
   with ``tf.make_tensor_proto``.
@@ -38,6 +41,8 @@ with light_tensorflow():  # the API messages, without loading TensorFlow (servin
     from tensorflow_serving.config import model_server_config_pb2
 
 TRANSIENT = ("UNAVAILABLE",)
+# TF Serving answers an unknown version label with INVALID_ARGUMENT and this message (server_core.cc; ours too)
+UNKNOWN_LABEL = "Unrecognized servable version label"
 
 _NUMPY = {types_pb2.DT_FLOAT: np.float32, types_pb2.DT_DOUBLE: np.float64, types_pb2.DT_INT32: np.int32,
           types_pb2.DT_INT64: np.int64, types_pb2.DT_BOOL: np.bool_}
@@ -79,6 +84,45 @@ def from_tensor(proto: tensor_pb2.TensorProto) -> np.ndarray:
     vals = np.asarray(getattr(proto, _VALUES[proto.dtype]), dtype=np_type)
     n = int(np.prod(shape)) if shape else 1
     return (np.full(n, vals[0], dtype=np_type) if len(vals) == 1 and n != 1 else vals).reshape(shape)
+
+
+def model_missing(code: grpc.StatusCode, details: str | None) -> bool:
+    """True when the server has no such model, version or label (rather than a request it cannot take)."""
+    return code == grpc.StatusCode.NOT_FOUND or (
+        code == grpc.StatusCode.INVALID_ARGUMENT and (details or "").startswith(UNKNOWN_LABEL))
+
+
+class ModelNotFound(grpc.aio.AioRpcError):
+    """The server has no version to answer with. Keeps the server's code and details (so code that catches
+    ``AioRpcError`` sees what it always saw); its text says what is missing and how to serve one."""
+
+    def __init__(self, exc: grpc.aio.AioRpcError, address: str, model: str, version: int | None = None,
+                 label: str | None = None):
+        super().__init__(exc.code(), exc.initial_metadata(), exc.trailing_metadata(), exc.details(),
+                         exc.debug_error_string())
+        self.address, self.model, self.version, self.label = address, model, version, label
+
+    @property
+    def missing(self) -> str:
+        if self.version is not None:
+            return f"version {self.version} of model {self.model!r} loaded"
+        if self.label:
+            return f"version of model {self.model!r} under label {self.label!r}"
+        return f"version of model {self.model!r} loaded"
+
+    @property
+    def next_step(self) -> str:
+        """The platform's commands that serve what is missing (liveml/cli_serving.py)."""
+        listing = f"`liveml models list --model {self.model}` shows its versions and their state"
+        if self.version is not None:
+            return f"{listing}; `liveml train` pushes a new one"
+        label = self.label or "stable"
+        return (f"`liveml train` pushes a version, `liveml models promote <version> --label {label} "
+                f"--model {self.model}` serves it under {label!r}; {listing}")
+
+    def __str__(self) -> str:
+        return (f"the model server at {self.address} has no {self.missing} ({self.code().name}: {self.details()}). "
+                f"Next: {self.next_step}")
 
 
 @dataclass
@@ -143,9 +187,14 @@ class PredictionClient:
     async def predict(self, features: Mapping[str, Any], *, model: str, version: int | None = None,
                       label: str | None = None, signature: str = "serving_default",
                       timeout_s: float | None = None, output_filter: Sequence[str] = ()) -> PredictResult:
-        """``features``: input name -> value (one row) or list of values (a batch)."""
+        """``features``: input name -> value (one row) or list of values (a batch).
+
+        :class:`ModelNotFound` if the server has no such model, version or label."""
         timeout = timeout_s or self.timeout_s
-        dtypes = await self.input_dtypes(model, signature, timeout)
+        try:
+            dtypes = await self.input_dtypes(model, signature, timeout)  # the latest version's signature
+        except grpc.aio.AioRpcError as exc:
+            raise self._not_found(exc, model) from None
         missing = sorted(set(dtypes) - set(features))
         if missing:
             raise ValueError(f"model {model} signature {signature} needs {missing}")
@@ -154,10 +203,19 @@ class PredictionClient:
         for name, dtype in dtypes.items():
             req.inputs[name].CopyFrom(to_tensor(features[name], dtype))
         t0 = time.perf_counter()
-        resp = await self.predictions.Predict(req, timeout=timeout)
+        try:
+            resp = await self.predictions.Predict(req, timeout=timeout)
+        except grpc.aio.AioRpcError as exc:
+            raise self._not_found(exc, model, version, label) from None
         latency = (time.perf_counter() - t0) * 1000
         return PredictResult({k: from_tensor(v) for k, v in resp.outputs.items()}, resp.model_spec.name,
                              resp.model_spec.version.value, resp.model_spec.signature_name, latency)
+
+    def _not_found(self, exc: grpc.aio.AioRpcError, model: str, version: int | None = None,
+                   label: str | None = None) -> grpc.aio.AioRpcError:
+        """``exc`` as a :class:`ModelNotFound` when it says the model, version or label is missing."""
+        return ModelNotFound(exc, self.address, model, version, label) if model_missing(exc.code(), exc.details()) \
+            else exc
 
     async def status(self, model: str, version: int | None = None, label: str | None = None,
                      timeout_s: float | None = None) -> get_model_status_pb2.GetModelStatusResponse:

@@ -61,7 +61,7 @@ def test_features_come_in_the_training_sets_order_and_missing_views_read_as_none
 def test_status_follows_the_grpc_code():
     assert status_of("OK") == "ok" and status_of("DEADLINE_EXCEEDED") == "timeout"
     assert status_of("UNAVAILABLE") == "unavailable"
-    assert status_of("INVALID_ARGUMENT") == "invalid" and status_of("NOT_FOUND") == "invalid"
+    assert status_of("INVALID_ARGUMENT") == "invalid" and status_of("NOT_FOUND") == "no_model"
 
 
 def test_the_row_has_every_predictions_column():

@@ -1,0 +1,119 @@
+"""Client commands facing a server that says no: one message with the next step and a non-zero exit, never a
+traceback. `liveml predict` runs against the project's own model server, in process, without the model."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import requests
+import yaml
+
+from liveml.config import load_config
+from liveml.errors import LivemlError, ServiceError
+from serving.testing import export_standin_model, standin_row
+from tests.conftest import OFFLINE_PORTS, run_cli, write_test_config
+from tests.unit.test_enrich_no_model import Empty
+
+pytestmark = pytest.mark.unit
+
+
+def _config(home, grpc_port: int | None = None, model_name: str = "tip"):
+    path = write_test_config(home, OFFLINE_PORTS)
+    data = yaml.safe_load(path.read_text())
+    if grpc_port is not None:
+        data["serving"]["grpc"] = f"127.0.0.1:{grpc_port}"
+    data["serving"]["model_name"] = model_name
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+@pytest.fixture(scope="module")
+def no_versions(tmp_path_factory):
+    base = tmp_path_factory.mktemp("empty-server") / "tip"
+    base.mkdir()
+    running = Empty(base)
+    yield running
+    running.stop()
+
+
+@pytest.fixture(scope="module")
+def no_labels(tmp_path_factory):
+    base = tmp_path_factory.mktemp("unlabelled-server") / "tip"
+    export_standin_model(base, 1)
+    running = Empty(base)
+    yield running
+    running.stop()
+
+
+def _predict(config, *spec: str):
+    return run_cli(config, "predict", *spec, "--json", json.dumps(standin_row()), check=False)
+
+
+def _refused(proc) -> str:
+    assert proc.returncode != 0 and "Traceback" not in proc.stderr, proc.stderr
+    assert proc.stdout == ""
+    return " ".join(proc.stderr.split())
+
+
+def test_predict_without_a_model_names_it_and_the_commands(tmp_path, no_versions):
+    err = _refused(_predict(_config(tmp_path, no_versions.port)))
+    assert "error:" in err and "no version of model 'tip' loaded" in err and "NOT_FOUND" in err
+    assert "`liveml train`" in err and "`liveml models promote <version> --label stable --model tip`" in err
+
+
+def test_predict_with_an_unknown_label_or_version_names_it(tmp_path, no_labels):
+    config = _config(tmp_path, no_labels.port)
+    err = _refused(_predict(config, "--label", "stable"))
+    assert "no version of model 'tip' under label 'stable'" in err and "liveml models promote" in err
+    err = _refused(_predict(config, "--version", "4"))
+    assert "no version 4 of model 'tip' loaded" in err and "liveml models list --model tip" in err
+    ok = _predict(config, "--version", "1")
+    assert ok.returncode == 0 and json.loads(ok.stdout)["version"] == 1, ok.stderr
+
+
+def test_promote_to_a_version_that_is_not_there_says_what_to_do(tmp_path):
+    config = _config(tmp_path, model_name="tips")
+    err = _refused(run_cli(config, "models", "promote", "3", check=False))
+    assert "tips has no version 3" in err and "versions: none" in err and "`liveml train`" in err
+    export_standin_model(load_config(config, env={}).model_base_path / "tips", 1)
+    err = _refused(run_cli(config, "models", "promote", "3", check=False))
+    assert "versions: [1]" in err and "liveml models list --model tips" in err
+    err = _refused(run_cli(config, "models", "promote", "1", "--model", "other", check=False))
+    assert "'other' is not in the server's model config" in err and "--model" in err
+
+
+# --- Flink's REST API: an unknown job id is the user's to fix, not a stack trace ------------------------
+class _Response(requests.Response):
+    def __init__(self, status: int, body: dict):
+        super().__init__()
+        self.status_code, self._content = status, json.dumps(body).encode()
+
+
+@pytest.mark.parametrize("status", [400, 404])
+def test_an_unknown_or_malformed_job_id_points_at_liveml_jobs(monkeypatch, tmp_path, status):
+    from liveml import flink
+
+    cfg = load_config(overrides={"home": str(tmp_path)}, env={})
+    monkeypatch.setattr(requests, "request", lambda *a, **k: _Response(status, {"errors": ["Invalid JobID"]}))
+    with pytest.raises(LivemlError, match=r"no Flink job nope .*`liveml jobs`"):
+        flink.job_detail(cfg, "nope")
+
+
+def test_other_refusals_carry_flinks_message(monkeypatch, tmp_path):
+    from liveml import flink
+
+    cfg = load_config(overrides={"home": str(tmp_path)}, env={})
+    monkeypatch.setattr(requests, "request",
+                        lambda *a, **k: _Response(500, {"errors": ["Internal server error.\n<stack>"]}))
+    with pytest.raises(ServiceError, match=r"\(500\): Internal server error\.$"):
+        flink._rest(cfg, "GET", "/jobs/overview")
+
+
+def test_an_unreachable_flink_during_a_poll_names_the_fix(tmp_path):
+    from liveml import flink
+
+    cfg = load_config(overrides={"home": str(tmp_path),
+                                 "flink": {"rest_url": f"http://localhost:{OFFLINE_PORTS['flink_rest']}"}}, env={})
+    with pytest.raises(ServiceError, match="liveml up flink"):
+        flink.job_detail(cfg, "0" * 32)
