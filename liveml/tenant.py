@@ -34,7 +34,6 @@ def create_tenant(base: LivemlConfig, name: str, redis_db: int) -> Path:
     import redis
 
     from iceberg_schemas.registry import ensure_tables
-    from iceberg_schemas.sources import TOPICS
     from liveml.catalog import open_catalog
     from liveml.topics import ensure_topics
 
@@ -42,6 +41,6 @@ def create_tenant(base: LivemlConfig, name: str, redis_db: int) -> Path:
     cfg = load_config(path, env={})
     cfg.sqlite_path.parent.mkdir(parents=True, exist_ok=True)
     ensure_tables(open_catalog(cfg))
-    ensure_topics(cfg, [cfg.kafka.topic(t) for t in TOPICS])
+    ensure_topics(cfg)
     redis.Redis.from_url(cfg.redis.url).flushdb()
     return path
