@@ -165,8 +165,29 @@ def training_set_build(ctx, set_name, output, snapshot_id, snapshot_ids, from_li
                       f"({r['positives']:,} positive), spec v{r['spec_version']}, {r['seconds']} s")
         for t, s in r["snapshot_ids"].items():
             console.print(f"  {t:<32} @ {s}")
+        for line in _exclusion_lines(r, spec):
+            console.print(line, highlight=False, soft_wrap=True)
 
     _emit(result, as_json, render)
+
+
+def _exclusion_lines(built: dict[str, Any], spec) -> list[str]:
+    """What a build left out, for a person: a count per reason, what it means, keys to look up and how."""
+    from liveml.training_set import EXCLUSION_REASONS
+
+    excluded = {k: n for k, n in built.get("excluded", {}).items() if n}
+    if not excluded:
+        return []
+    lines = [f"left out {sum(excluded.values()):,} of {built['labels']:,} labelled keys, counted in `excluded` "
+             "(not an error):"]
+    examples = built.get("excluded_examples", {})
+    for reason, n in excluded.items():
+        shown = f"; e.g. {', '.join(map(str, examples[reason]))}" if examples.get(reason) else ""
+        lines.append(f"  {reason:<18} {n:>8,}  {EXCLUSION_REASONS.get(reason, '')}{shown}")
+    first = next((e[0] for e in examples.values() if e), None)
+    if len(spec.keys) == 1 and isinstance(first, str):
+        lines.append(f"look one up: liveml query {spec.label_table} --where \"{spec.keys[0]} = '{first}'\"")
+    return lines
 
 
 def _views(names: str | None):

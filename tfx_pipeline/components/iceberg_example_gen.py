@@ -10,6 +10,14 @@ months with 670 eval rows out of 15,002, too few for a stable AUC.) Examples are
 ExampleGen writes), and the artifact records in ML Metadata: ``snapshot_id``, ``training_table``,
 ``snapshot_ids`` (JSON, the inputs of the training-set build, from its lineage), ``spec_version``,
 ``train_range``/``eval_range`` (JSON ``[start, end]`` ISO times), ``rows_train``/``rows_eval``.
+
+A row that cannot be a valid example (no decision time, no label, or NULL in a feature the curated schema
+requires in every example) is set aside, never fatal: ExampleValidator would otherwise report the feature
+as missing and AnomalyGate stop the whole run over that one row. Set-aside rows are counted by reason
+(``missing_field:<name>`` for the first missing required feature) in ``excluded`` and ``rows_excluded``,
+with a few example keys in ``excluded_examples``; the training-set build's own exclusions (labels that
+never made a row) are copied into ``training_set_excluded``. Values out of the schema's domain are not
+set aside: those are the validator's to judge.
 """
 
 # (no `from __future__ import annotations`: TFX parses the component signature at runtime)
@@ -21,6 +29,8 @@ from datetime import datetime, timezone
 from typing import Any, Iterable, Mapping, Sequence
 
 SPLITS = ("train", "eval")
+CURATED_SCHEMA = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "schema", "schema.pbtxt")
+EXAMPLE_KEYS = 5  # example keys kept per reason a row was set aside
 
 
 def event_time_split(times_ms: Sequence[int], eval_fraction: float = 0.2) -> tuple[list[bool], int | None]:
@@ -78,6 +88,50 @@ def to_example(row: Mapping[str, Any], kinds: Mapping[str, str], label_key: str)
     return tf.train.Example(features=tf.train.Features(feature=feature))
 
 
+def required_features(schema_file: str = CURATED_SCHEMA) -> list[str]:
+    """The features a TFMD schema requires in every example (``presence.min_fraction`` 1): a row lacking
+    one fails ExampleValidator for the whole split, so it is set aside instead."""
+    from google.protobuf import text_format
+    from tensorflow_metadata.proto.v0 import schema_pb2
+
+    schema = schema_pb2.Schema()
+    with open(schema_file) as f:
+        text_format.Parse(f.read(), schema)
+    return [f.name for f in schema.feature if f.presence.min_fraction >= 1.0]
+
+
+def set_aside_reason(row: Mapping[str, Any], required: Sequence[str], label_key: str, time_key: str) -> str | None:
+    """Why ``row`` cannot be an example, or None: no decision time, no label, then the first required
+    feature that is NULL (NaN included)."""
+    if row.get(time_key) is None:
+        return "no_decision_time"
+    if _is_null(row.get(label_key)):
+        return "no_label"
+    for name in required:
+        if name not in (label_key, time_key) and _is_null(row.get(name)):
+            return f"missing_field:{name}"
+    return None
+
+
+def set_aside(rows: Iterable[dict], required: Sequence[str], label_key: str, time_key: str,
+              key: str | None = None) -> tuple[list[dict], dict[str, int], dict[str, list]]:
+    """``(kept, counts, examples)``: the rows that can be examples, and the others counted by reason, with
+    the first few values of ``key`` (a trip id) for each reason, so a person can look them up."""
+    kept: list[dict] = []
+    counts: dict[str, int] = {}
+    examples: dict[str, list] = {}
+    for row in rows:
+        reason = set_aside_reason(row, required, label_key, time_key)
+        if reason is None:
+            kept.append(row)
+            continue
+        counts[reason] = counts.get(reason, 0) + 1
+        seen = examples.setdefault(reason, [])
+        if key is not None and len(seen) < EXAMPLE_KEYS:
+            seen.append(row.get(key))
+    return kept, counts, {r: e for r, e in examples.items() if e}
+
+
 def load_catalog_from_json(catalog_properties: str):
     """A pyiceberg catalog from a JSON object of properties (``name`` optional, the rest pyiceberg's)."""
     from pyiceberg.catalog import load_catalog
@@ -102,18 +156,20 @@ def read_training_rows(catalog_properties: str, training_table: str, snapshot_id
 
 
 def write_examples(rows: list[dict], uri: str, eval_fraction: float, kinds: Mapping[str, str], label_key: str,
-                   time_key: str) -> dict[str, Any]:
-    """Write ``Split-train``/``Split-eval`` under ``uri``; returns ranges and counts."""
+                   time_key: str, required: Sequence[str] = (), key: str | None = None) -> dict[str, Any]:
+    """Write ``Split-train``/``Split-eval`` under ``uri``; returns ranges and counts, and the rows set aside
+    (no decision time, no label, a NULL ``required`` feature) by reason (``excluded``, ``excluded_examples``)."""
     import tensorflow as tf
 
     def ms(v) -> int:
         return int(v.timestamp() * 1000) if isinstance(v, datetime) else int(v)
 
-    rows = [r for r in rows if r.get(time_key) is not None]
+    rows, excluded, examples = set_aside(rows, required, label_key, time_key, key)
     rows.sort(key=lambda r: ms(r[time_key]))
     times = [ms(r[time_key]) for r in rows]
     is_eval, cut = event_time_split(times, eval_fraction)
-    out: dict[str, Any] = {"cut": _iso(cut)}
+    out: dict[str, Any] = {"cut": _iso(cut), "excluded": excluded, "excluded_examples": examples,
+                           "rows_excluded": sum(excluded.values())}
     for split, want in (("train", False), ("eval", True)):
         d = os.path.join(uri, f"Split-{split}")
         tf.io.gfile.makedirs(d)
@@ -142,12 +198,16 @@ def IcebergExampleGen(  # noqa: N802 (TFX component naming)
         training_table: Parameter[str] = "training.tips",
         snapshot_id: Parameter[int] = 0,
         eval_fraction: Parameter[float] = 0.2,
+        schema_file: Parameter[str] = "",
 ) -> None:
-    """Read ``training_table`` at ``snapshot_id`` (0: the current one) and write train/eval tf.Examples."""
+    """Read ``training_table`` at ``snapshot_id`` (0: the current one) and write train/eval tf.Examples,
+    setting aside the rows ``schema_file`` (default: the curated schema) would reject as incomplete."""
     from tfx_pipeline import features as F
 
     rows, snap, lin = read_training_rows(catalog_properties, training_table, snapshot_id)
-    info = write_examples(rows, examples.uri, eval_fraction, F.RAW_KIND, F.LABEL_KEY, F.DECISION_TIME)
+    required = required_features(schema_file or CURATED_SCHEMA)
+    info = write_examples(rows, examples.uri, eval_fraction, F.RAW_KIND, F.LABEL_KEY, F.DECISION_TIME,
+                          required=required, key=F.SPEC.keys[0])
     examples.split_names = artifact_utils.encode_split_names(list(SPLITS))
     examples.set_string_custom_property("payload_format", "FORMAT_TF_EXAMPLE")
     examples.set_string_custom_property("file_format", "tfrecords_gzip")
@@ -160,3 +220,8 @@ def IcebergExampleGen(  # noqa: N802 (TFX component naming)
     examples.set_int_custom_property("rows_train", info["rows_train"])
     examples.set_int_custom_property("rows_eval", info["rows_eval"])
     examples.set_int_custom_property("rows", info["rows_train"] + info["rows_eval"])
+    examples.set_int_custom_property("rows_excluded", info["rows_excluded"])
+    examples.set_string_custom_property("excluded", json.dumps(info["excluded"], sort_keys=True))
+    examples.set_string_custom_property("excluded_examples", json.dumps(info["excluded_examples"], sort_keys=True,
+                                                                        default=str))
+    examples.set_string_custom_property("training_set_excluded", json.dumps(lin.get("excluded", {}), sort_keys=True))
