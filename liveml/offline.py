@@ -227,7 +227,9 @@ class OfflineStore:
             con.execute(f"CREATE OR REPLACE VIEW {target} AS SELECT * FROM {src}")
             return snap
         file_list = "[" + ", ".join("'" + f.replace("'", "''") + "'" for f in files) + "]"
-        scan = f"read_parquet({file_list}, union_by_name = true)"
+        # Iceberg's data files hold every column; DuckDB's hive-partition detection would instead read a
+        # `model_version=1/` directory as a VARCHAR column that shadows the file's own BIGINT
+        scan = f"read_parquet({file_list}, union_by_name = true, hive_partitioning = false)"
         present = {row[0] for row in con.execute(f"DESCRIBE SELECT * FROM {scan}").fetchall()}
         cols = []
         for fld in table.schema().fields:  # columns added by evolution after a file was written read as NULL
