@@ -194,9 +194,10 @@ class ReplayStats:
 
 def replay(events: list[Event], producer, topic_prefix: str = "", speedup: float | None = None, rate: float | None = None,
            limit: int | None = None, bad_fraction: float = 0.0, seed: int = 0,
-           on_progress: Callable[[int], None] | None = None,
+           on_progress: Callable[[int], None] | None = None, duration_s: float | None = None,
            clock: Callable[[], float] = time.monotonic, sleep: Callable[[float], None] = time.sleep) -> ReplayStats:
-    """Send ``events`` in order. ``speedup`` paces by event time / X; ``rate`` caps events per second."""
+    """Send ``events`` in order. ``speedup`` paces by event time / X; ``rate`` caps events per second;
+    ``duration_s`` stops sending once that much wall time has passed (a live stream has no end)."""
     rng = np.random.default_rng(seed)
     stats = ReplayStats()
     todo = events[:limit] if limit else events
@@ -208,6 +209,8 @@ def replay(events: list[Event], producer, topic_prefix: str = "", speedup: float
             due = (ev.time_ms - first_ms) / 1000.0 / speedup
         if rate:
             due = max(due, i / rate)
+        if duration_s is not None and max(due, clock() - t0) > duration_s:
+            break
         wait = due - (clock() - t0)
         if wait > 0:
             producer.poll(0)
@@ -235,9 +238,16 @@ def replay(events: list[Event], producer, topic_prefix: str = "", speedup: float
     if remaining:
         raise RuntimeError(f"{remaining} events were not acknowledged by Kafka")
     stats.seconds = clock() - t0
-    if todo:
-        stats.first_event_ms, stats.last_event_ms = todo[0].time_ms, todo[-1].time_ms
+    if stats.sent:
+        stats.first_event_ms, stats.last_event_ms = todo[0].time_ms, todo[stats.sent - 1].time_ms
     return stats
+
+
+def from_now(events: list[Event], now_ms: int) -> list[Event]:
+    """The events at or after ``now_ms``: a stream joined mid-flight. With trips resampled to start before
+    now, the trips already under way end from now on, so end events (and their predictions) flow at once,
+    and paced at ``speedup=1`` each event is sent at its own event time."""
+    return [e for e in events if e.time_ms >= now_ms]
 
 
 def build_events(amplify_k: int = 0, drift: str | None = None, seed: int = 0, trips_per_s: float = 1000.0,

@@ -135,20 +135,31 @@ def tables() -> None:
 @click.option("--json", "as_json", is_flag=True)
 @click.pass_context
 def tables_create(ctx: click.Context, as_json: bool) -> None:
-    """Create every declared table, or evolve it in place. Idempotent."""
+    """Create every declared table and Kafka topic, or evolve a table in place. Idempotent.
+
+    Topics too, so a job submitted before its producers start finds its source (liveml/topics.py).
+    With --json: one row per table, then one per topic (``"kind": "topic"``)."""
     from iceberg_schemas.registry import SchemaConflict, ensure_tables
     from liveml.catalog import open_catalog
+    from liveml.topics import ensure_topics
 
+    cfg = _cfg(ctx)
+    topics = ensure_topics(cfg)  # first: with Kafka down, the error names it before the catalog is touched
     try:
-        results = ensure_tables(open_catalog(_cfg(ctx)))
+        results = ensure_tables(open_catalog(cfg))
     except SchemaConflict as exc:
         raise LivemlError(str(exc)) from None
-    data = [r.__dict__ for r in results]
+    data = [{"kind": "table", **r.__dict__} for r in results] + [t.as_dict() for t in topics]
 
     def render(rows: list[dict]) -> None:
         for r in rows:
-            extra = f" +{r['added_columns']}" if r["added_columns"] else ""
-            console.print(f"  {r['table']:<32} {r['action']}{extra}")
+            if r["kind"] == "topic":
+                drift = "" if r["partitions"] == r["declared_partitions"] else \
+                    f" (declared {r['declared_partitions']}; left as it is)"
+                console.print(f"  {'topic ' + r['topic']:<32} {r['action']}, {r['partitions']} partition(s){drift}")
+            else:
+                extra = f" +{r['added_columns']}" if r["added_columns"] else ""
+                console.print(f"  {r['table']:<32} {r['action']}{extra}")
 
     _emit(data, as_json, render)
 
@@ -179,7 +190,9 @@ def tables_list(ctx: click.Context, as_json: bool) -> None:
 @click.option("--json", "as_json", is_flag=True)
 @click.pass_context
 def submit(ctx: click.Context, job: str, job_args: tuple[str, ...], print_command: bool, as_json: bool) -> None:
-    """Submit a job (e.g. `proof`) to the running Flink cluster with every jar and the venv's Python."""
+    """Submit a job (e.g. `proof`) to the running Flink cluster with every jar and the venv's Python.
+
+    A job whose source topic does not exist is refused (`liveml tables create` makes them)."""
     import shlex
 
     from liveml import flink
@@ -231,26 +244,47 @@ def cancel(ctx: click.Context, job_id: str) -> None:
 @click.option("--amplify", type=int, default=0, help="Resample K copies of the real rows with new times and ids.")
 @click.option("--trips-per-s", type=float, default=1000.0, show_default=True,
               help="With --amplify: event-time density of the resampled trips (they start now).")
+@click.option("--since", "since", default=None, metavar="DURATION",
+              help="With --amplify: the resampled trips start this long ago (e.g. 30m), and only events from "
+                   "now on are sent: a live stream joined mid-flight, trips under way end at once.")
+@click.option("--for", "for_", default=None, metavar="DURATION",
+              help="Stop sending after this much wall time (e.g. 90s); with --speedup 1, a live stream.")
 @click.option("--drift", default=None, metavar="SCENARIO",
               help="Shift one distribution of the real data: fare_up, card_share_up or tips_down.")
 @click.option("--bad-fraction", type=float, default=0.0, help="Corrupt this share of trip events (DLQ drills).")
 @click.option("--seed", type=int, default=0)
+@click.option("--wait", is_flag=True, help="Then wait until the feature job has committed the labels sent to "
+                                            "Iceberg (labels.trips), so a training set built next sees them.")
 @click.option("--json", "as_json", is_flag=True)
 @click.pass_context
-def replay(ctx: click.Context, rate, speedup, limit, amplify, trips_per_s, drift, bad_fraction, seed,
-           as_json: bool) -> None:
+def replay(ctx: click.Context, rate, speedup, limit, amplify, trips_per_s, since, for_, drift, bad_fraction,
+           seed, wait, as_json: bool) -> None:
     """Produce the real Chicago taxi trips (start, end, and later the label) into Kafka, in event-time order."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
     from flink_jobs import replay as rp
-    from iceberg_schemas.sources import TOPICS
     from liveml.topics import ensure_topics
 
     if drift is not None and drift not in rp.DRIFT_SCENARIOS:
         raise click.BadParameter(f"{drift!r} is not one of {sorted(rp.DRIFT_SCENARIOS)}", param_hint="--drift")
     cfg = _cfg(ctx)
-    ensure_topics(cfg, [cfg.kafka.topic(t) for t in TOPICS])
-    events = rp.build_events(amplify_k=amplify, drift=drift, seed=seed, trips_per_s=trips_per_s)
+    ensure_topics(cfg)  # the declared partitions and retention, not the broker's auto-created defaults
+    from iceberg_schemas.features import window_seconds
+
+    def duration(value: str | None, flag: str) -> int | None:
+        try:
+            return None if value is None else window_seconds(value)
+        except ValueError:
+            raise click.BadParameter(f"{value!r} must look like 90s, 30m or 2h", param_hint=flag) from None
+
+    since_s, for_s = duration(since, "--since"), duration(for_, "--for")
+    if since_s and not amplify:
+        raise click.BadParameter("needs --amplify: the real rows keep their own 2013-2016 times", param_hint="--since")
+    now_ms = int(time.time() * 1000)
+    events = rp.build_events(amplify_k=amplify, drift=drift, seed=seed, trips_per_s=trips_per_s,
+                             start_ms=now_ms - since_s * 1000 if since_s else None)
+    if since_s:
+        events = rp.from_now(events, now_ms)
     total = min(limit, len(events)) if limit else len(events)
     producer = rp.kafka_producer(cfg.kafka.bootstrap_servers)
     with Progress(TextColumn("replay"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[eps]}"),
@@ -261,10 +295,17 @@ def replay(ctx: click.Context, rate, speedup, limit, amplify, trips_per_s, drift
         def tick(done: int) -> None:
             progress.update(task, completed=done, eps=f"{done / max(time.monotonic() - t0, 1e-6):,.0f} ev/s")
 
-        stats = rp.replay(events, producer, topic_prefix=cfg.kafka.topic_prefix, speedup=speedup, rate=rate, limit=limit, bad_fraction=bad_fraction,
-                          seed=seed, on_progress=tick)
+        stats = rp.replay(events, producer, topic_prefix=cfg.kafka.topic_prefix, speedup=speedup, rate=rate,
+                          limit=limit, bad_fraction=bad_fraction, seed=seed, on_progress=tick, duration_s=for_s)
     data = {**{k: v for k, v in stats.__dict__.items() if k != "corrupted"},
             "events_per_s": round(stats.sent / max(stats.seconds, 1e-6), 1)}
+    if wait:
+        from liveml.ingest import wait_committed
+
+        label_ids = [e.key for e in events[:stats.sent] if e.topic == rp.LABELS_TOPIC]
+        if not as_json:
+            console.print(f"waiting for the feature job to commit {len(label_ids):,} labels to Iceberg")
+        data.update(wait_committed(cfg, label_ids, log=None if as_json else console.print))
     _emit(data, as_json, lambda d: console.print(
         f"sent {d['sent']} events ({d['trips_events']} trip events, {d['labels']} labels, {d['bad']} corrupted) "
         f"in {d['seconds']:.1f}s, {d['events_per_s']:,.0f} ev/s"))
@@ -320,24 +361,10 @@ def features_get(ctx: click.Context, entities: tuple[str, ...], view_names: tupl
     _emit(rows, as_json, render)
 
 
-# --- the proof of the stack ----------------------------------------------------------------------------
-@main.command()
-@click.option("--rows", default=200, show_default=True, help="Events the proof sends through the stack.")
-@click.option("--json", "as_json", is_flag=True)
-@click.pass_context
-def demo(ctx: click.Context, rows: int, as_json: bool) -> None:
-    """Bring the stack up, create the tables, run the proof job Kafka -> Flink -> Iceberg, and check it."""
-    from liveml import demo as demo_mod
-
-    result = demo_mod.run(_cfg(ctx), rows, log=None if as_json else console.print)
-    _emit(result, as_json, lambda d: demo_mod.render(d, out))
-    if not result["ok"]:
-        sys.exit(1)
-
-
 from liveml import cli_offline  # noqa: E402,F401  (registers query, sql, training-set, backfill, parity)
 from liveml import cli_serving  # noqa: E402,F401  (registers serve, predict, models)
 from liveml import cli_training  # noqa: E402,F401  (registers train)
+from liveml import cli_demo  # noqa: E402,F401  (registers demo)
 
 if __name__ == "__main__":  # pragma: no cover
     main()

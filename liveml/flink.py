@@ -6,6 +6,7 @@ missing at submit time), so `liveml submit NAME` and the documented plain `flink
 
 from __future__ import annotations
 
+import argparse
 import copy
 import os
 import subprocess
@@ -16,7 +17,7 @@ from typing import Any, Sequence
 
 import requests
 
-from liveml.config import REPO_ROOT, LivemlConfig
+from liveml.config import REPO_ROOT, LivemlConfig, find_config_file, load_config
 from liveml.errors import LivemlError, PrerequisiteError, ServiceError
 
 # Job name -> job file. Each job file has a main() and also runs under plain `flink run -py FILE`.
@@ -162,10 +163,99 @@ def run_command(cfg: LivemlConfig, job: str, job_args: Sequence[str] = (), detac
     return cmd + list(job_args)
 
 
+# --- the Kafka topics a job reads: checked before `flink run`, so a missing one is refused, not restarted ---
+def _job_options(job_args: Sequence[str]) -> argparse.Namespace:
+    """The options of a job's arguments that decide what it reads (each job's own parser has them)."""
+    parser = argparse.ArgumentParser(add_help=False)
+    for flag in ("--config", "--views", "--topic"):
+        parser.add_argument(flag, default=None)
+    return parser.parse_known_args(list(job_args))[0]
+
+
+def _features_topics(cfg: LivemlConfig, opts: argparse.Namespace) -> list[str]:
+    from iceberg_schemas.features import FEATURE_VIEWS, view
+    from iceberg_schemas.sources import SOURCES
+
+    try:
+        views = [view(v) for v in opts.views.split(",")] if opts.views else list(FEATURE_VIEWS)
+    except KeyError as exc:
+        raise LivemlError(f"--views: {exc.args[0]} (see `liveml features list`)") from None
+    return [cfg.kafka.topic(SOURCES[s].topic) for s in sorted({v.source for v in views})]
+
+
+def _enrich_topics(cfg: LivemlConfig, opts: argparse.Namespace) -> list[str]:
+    from iceberg_schemas.sources import TRIPS
+
+    return [cfg.kafka.topic(TRIPS.topic)]
+
+
+def _proof_topics(cfg: LivemlConfig, opts: argparse.Namespace) -> list[str]:
+    from liveml.topics import PROOF_TOPIC
+
+    return [opts.topic or PROOF_TOPIC]  # the proof job names its topic as given, without the prefix
+
+
+# Job name -> the Kafka topics it reads (the backfill job reads Iceberg only). A job given as a file path
+# is not checked: what it reads is its own business.
+SOURCE_TOPICS = {"features": _features_topics, "enrich": _enrich_topics, "proof": _proof_topics}
+
+
+def job_config(cfg: LivemlConfig, job_args: Sequence[str]) -> LivemlConfig:
+    """The config the job will run with: its own ``--config`` if it is given one, else ``cfg`` (which
+    :func:`flink_env` hands it through ``LIVEML_CONFIG``)."""
+    path = _job_options(job_args).config
+    return load_config(path) if path else cfg
+
+
+def source_topics(cfg: LivemlConfig, job: str, job_args: Sequence[str] = ()) -> list[str]:
+    """The Kafka topics ``job`` will read, named as the job names them (its config's topic prefix)."""
+    if job not in SOURCE_TOPICS:
+        return []
+    return SOURCE_TOPICS[job](job_config(cfg, job_args), _job_options(job_args))
+
+
+def tables_create_command(cfg: LivemlConfig) -> str:
+    """`liveml tables create`, with ``--config`` when ``cfg`` is not the file `liveml` finds by itself."""
+    default = find_config_file(None, os.environ)
+    if cfg.source and (default is None or Path(cfg.source).resolve() != default.resolve()):
+        return f"liveml --config {cfg.source} tables create"
+    return "liveml tables create"
+
+
+def missing_topics_error(cfg: LivemlConfig, job: str, missing: Sequence[str]) -> LivemlError:
+    """What to tell the user: which topics are missing, and whether `liveml tables create` makes them."""
+    from liveml.topics import declared_names
+
+    names = ", ".join(missing)
+    where = f"Kafka at {cfg.kafka.bootstrap_servers}"
+    if set(missing) <= set(declared_names(cfg)):
+        fix = f"run `{tables_create_command(cfg)}` (it creates every topic the platform declares), then submit again"
+    else:
+        fix = "it is not a topic the platform declares: create it, or start its producer, then submit again"
+    plural = "topics" if len(missing) > 1 else "topic"
+    return LivemlError(f"job {job} reads Kafka {plural} {names}, which {where} does not have, so it would "
+                       f"restart over and over: {fix}.")
+
+
+def check_source_topics(cfg: LivemlConfig, job: str, job_args: Sequence[str] = ()) -> None:
+    """Refuse a job whose source topics do not exist (:class:`LivemlError` with the fix)."""
+    from liveml.topics import missing_topics
+
+    topics = source_topics(cfg, job, job_args)
+    if not topics:
+        return
+    jcfg = job_config(cfg, job_args)
+    missing = missing_topics(jcfg.kafka.bootstrap_servers, topics)
+    if missing:
+        raise missing_topics_error(jcfg, job, missing)
+
+
 def submit(cfg: LivemlConfig, job: str, job_args: Sequence[str] = (), detached: bool = True,
            timeout: float = 300) -> dict[str, Any]:
+    """`flink run` ``job``; first Flink must answer and the job's source topics must exist."""
     rest_check(cfg)
     cmd = run_command(cfg, job, job_args, detached)
+    check_source_topics(cfg, job, job_args)
     proc = subprocess.run(cmd, env=flink_env(cfg), capture_output=True, text=True, timeout=timeout)
     out = proc.stdout + proc.stderr
     job_id = None
@@ -196,20 +286,38 @@ def rest_check(cfg: LivemlConfig) -> None:
         raise ServiceError(f"Flink is not reachable at {cfg.flink.rest_url}: run `liveml up flink`.") from None
 
 
+def _rest(cfg: LivemlConfig, method: str, path: str, job_id: str | None = None, **kwargs) -> requests.Response:
+    """One call to Flink's REST API, its failures as our errors: an unknown or malformed job id (Flink
+    answers 404 or 400) names `liveml jobs`, an unreachable Flink `liveml up flink`, any other refusal
+    Flink's own message; never a stack trace."""
+    url = f"{cfg.flink.rest_url}{path}"
+    try:
+        resp = requests.request(method, url, timeout=kwargs.pop("timeout", 5), **kwargs)
+    except requests.RequestException:
+        raise ServiceError(f"Flink is not reachable at {cfg.flink.rest_url}: run `liveml up flink`.") from None
+    if job_id is not None and resp.status_code in (400, 404):
+        raise LivemlError(f"no Flink job {job_id} (job ids are 32 hex digits; `liveml jobs` lists them)")
+    if not resp.ok:
+        raise ServiceError(f"Flink refused {method} {path} ({resp.status_code}): {_rest_errors(resp)}")
+    return resp
+
+
+def _rest_errors(resp: requests.Response) -> str:
+    try:
+        return "; ".join(str(e).splitlines()[0] for e in resp.json().get("errors", [])) or resp.text[:300]
+    except ValueError:
+        return resp.text[:300]
+
+
 def list_jobs(cfg: LivemlConfig) -> list[dict[str, Any]]:
     rest_check(cfg)
-    resp = requests.get(f"{cfg.flink.rest_url}/jobs/overview", timeout=5)
-    resp.raise_for_status()
+    resp = _rest(cfg, "GET", "/jobs/overview")
     return [{"id": j["jid"], "name": j["name"], "state": j["state"], "start_time": j.get("start-time"),
              "duration_ms": j.get("duration")} for j in resp.json().get("jobs", [])]
 
 
 def job_detail(cfg: LivemlConfig, job_id: str) -> dict[str, Any]:
-    resp = requests.get(f"{cfg.flink.rest_url}/jobs/{job_id}", timeout=5)
-    if resp.status_code == 404:
-        raise LivemlError(f"no Flink job {job_id} (see `liveml jobs`)")
-    resp.raise_for_status()
-    return resp.json()
+    return _rest(cfg, "GET", f"/jobs/{job_id}", job_id).json()
 
 
 def wait_running(cfg: LivemlConfig, job_id: str, timeout: float = 180) -> None:
@@ -227,7 +335,20 @@ def wait_running(cfg: LivemlConfig, job_id: str, timeout: float = 180) -> None:
 
 def cancel_job(cfg: LivemlConfig, job_id: str) -> None:
     rest_check(cfg)
-    resp = requests.patch(f"{cfg.flink.rest_url}/jobs/{job_id}", params={"mode": "cancel"}, timeout=10)
-    if resp.status_code == 404:
-        raise LivemlError(f"no Flink job {job_id} (see `liveml jobs`)")
-    resp.raise_for_status()
+    _rest(cfg, "PATCH", f"/jobs/{job_id}", job_id, params={"mode": "cancel"}, timeout=10)
+
+
+def wait_for_job(cfg: LivemlConfig, job_id: str, timeout: float = 300, log=None) -> str:
+    """Poll a job until it is FINISHED, FAILED or CANCELED, or ``timeout`` seconds pass; returns its state.
+    ``log`` gets each state change."""
+    deadline = time.monotonic() + timeout
+    state = last = "UNKNOWN"
+    while time.monotonic() < deadline:
+        state = job_detail(cfg, job_id)["state"]
+        if state != last and log:
+            log(f"  job {job_id[:8]}… {state}")
+        last = state
+        if state in ("FINISHED", "FAILED", "CANCELED"):
+            return state
+        time.sleep(1)
+    return state

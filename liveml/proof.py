@@ -1,7 +1,8 @@
-"""`make demo`: the stack up, the tables created, the proof job run, and its rows checked with pyiceberg.
+"""`liveml demo --proof`: the stack up, the tables created, the proof job run, and its rows checked with pyiceberg.
 
-The check is independent of Flink: what was sent to Kafka is kept here and compared, row by row, with
-what pyiceberg reads back from the table the job wrote.
+The foundation's smoke test of the stack (Kafka -> PyFlink -> Iceberg), kept beside the main demo
+(:mod:`liveml.demo`). The check is independent of Flink: what was sent to Kafka is kept here and compared,
+row by row, with what pyiceberg reads back from the table the job wrote.
 """
 
 from __future__ import annotations
@@ -39,23 +40,6 @@ def produce(cfg: LivemlConfig, topic: str, events: list[dict[str, Any]], malform
         raise ServiceError(f"{remaining} events were not acknowledged by Kafka at {cfg.kafka.bootstrap_servers}")
 
 
-def wait_for_job(cfg: LivemlConfig, job_id: str, timeout: float = 300, log: Log = None) -> str:
-    from liveml import flink
-
-    deadline = time.monotonic() + timeout
-    state = "UNKNOWN"
-    last = None
-    while time.monotonic() < deadline:
-        state = flink.job_detail(cfg, job_id)["state"]
-        if state != last and log:
-            log(f"  job {job_id[:8]}… {state}")
-        last = state
-        if state in ("FINISHED", "FAILED", "CANCELED"):
-            return state
-        time.sleep(1)
-    return state
-
-
 def read_back(cfg: LivemlConfig, table: str, lo: int, hi: int) -> list[dict[str, Any]]:
     from pyiceberg.expressions import And, GreaterThanOrEqual, LessThan
 
@@ -68,6 +52,7 @@ def read_back(cfg: LivemlConfig, table: str, lo: int, hi: int) -> list[dict[str,
 
 def run_proof(cfg: LivemlConfig, rows: int = 200, malformed: int = 3, log: Log = None) -> dict[str, Any]:
     from liveml import flink
+    from liveml.flink import wait_for_job
 
     run_id = int(time.time()) % 1_000_000
     events = make_events(rows, run_id)

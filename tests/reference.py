@@ -57,17 +57,17 @@ def _units(col: pd.Series, field) -> tuple[list[int], int]:
     return [int(np.floor(float(v) * d + 0.5)) for v in present], d
 
 
-def _exact_sum(col: pd.Series, field) -> float:
+def _exact_sum(win: pd.DataFrame, col: pd.Series, field) -> float:
     units, d = _units(col, field)
     return float(Fraction(sum(units), d)) if units else float("nan")
 
 
-def _exact_avg(col: pd.Series, field) -> float:
+def _exact_avg(win: pd.DataFrame, col: pd.Series, field) -> float:
     units, d = _units(col, field)
     return float(Fraction(sum(units), len(units) * d)) if units else float("nan")
 
 
-def _exact_rate(col: pd.Series, field=None) -> float:
+def _exact_rate(win: pd.DataFrame, col: pd.Series, field=None) -> float:
     present = col.dropna()
     return float(Fraction(int(sum(bool(v) for v in present)), len(present))) if len(present) else float("nan")
 
@@ -82,7 +82,7 @@ AGGREGATE = {
     "max": lambda win, col, field: col.astype(float).max(),
     "last": lambda win, col, field: _last(col),
     "distinct": lambda win, col, field: col.nunique(dropna=True),
-    "rate": lambda win, col, field: _exact_rate(col),
+    "rate": _exact_rate,
 }
 
 

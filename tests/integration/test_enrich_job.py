@@ -326,7 +326,7 @@ def test_taskmanager_killed_mid_stream_loses_and_duplicates_no_prediction(stack_
     committed = len(read_table(tenant, "predictions.trips"))
     kill_taskmanagers(stack_config)
 
-    from liveml.demo import wait_for_job
+    from liveml.flink import wait_for_job
 
     assert wait_for_job(cfg, job_id, timeout=600) == "FINISHED"
     assert restarts(cfg, job_id) > 0, "the kill did not interrupt the job"

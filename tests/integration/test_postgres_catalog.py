@@ -8,7 +8,8 @@ import pytest
 import yaml
 from pyiceberg.catalog import load_catalog
 
-from liveml.demo import make_events, produce, wait_for_job
+from liveml.flink import wait_for_job
+from liveml.proof import make_events, produce
 from tests.conftest import cli_json, run_cli
 
 pytestmark = pytest.mark.integration

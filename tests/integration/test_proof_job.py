@@ -6,7 +6,8 @@ import pandas as pd
 import pytest
 from pyiceberg.catalog import load_catalog
 
-from liveml.demo import make_events, produce, wait_for_job
+from liveml.flink import wait_for_job
+from liveml.proof import make_events, produce
 from tests.conftest import cli_json, plain_flink_run, run_cli
 
 pytestmark = pytest.mark.integration
