@@ -195,18 +195,21 @@ class ReplayStats:
 def replay(events: list[Event], producer, topic_prefix: str = "", speedup: float | None = None, rate: float | None = None,
            limit: int | None = None, bad_fraction: float = 0.0, seed: int = 0,
            on_progress: Callable[[int], None] | None = None, duration_s: float | None = None,
+           origin_ms: int | None = None,
            clock: Callable[[], float] = time.monotonic, sleep: Callable[[float], None] = time.sleep) -> ReplayStats:
-    """Send ``events`` in order. ``speedup`` paces by event time / X; ``rate`` caps events per second;
-    ``duration_s`` stops sending once that much wall time has passed (a live stream has no end)."""
+    """Send ``events`` in order. ``speedup`` paces by event time / X from ``origin_ms`` (the event time that
+    is due at once; default the first event's: pass the wall clock's now to send each event of a live
+    stream at its own time); ``rate`` caps events per second; ``duration_s`` stops sending once that much
+    wall time has passed (a live stream has no end)."""
     rng = np.random.default_rng(seed)
     stats = ReplayStats()
     todo = events[:limit] if limit else events
     t0 = clock()
-    first_ms = todo[0].time_ms if todo else 0
+    first_ms = origin_ms if origin_ms is not None else (todo[0].time_ms if todo else 0)
     for i, ev in enumerate(todo):
         due = 0.0
         if speedup:
-            due = (ev.time_ms - first_ms) / 1000.0 / speedup
+            due = max(0.0, (ev.time_ms - first_ms) / 1000.0 / speedup)
         if rate:
             due = max(due, i / rate)
         if duration_s is not None and max(due, clock() - t0) > duration_s:

@@ -283,8 +283,10 @@ def replay(ctx: click.Context, rate, speedup, limit, amplify, trips_per_s, since
     now_ms = int(time.time() * 1000)
     events = rp.build_events(amplify_k=amplify, drift=drift, seed=seed, trips_per_s=trips_per_s,
                              start_ms=now_ms - since_s * 1000 if since_s else None)
-    if since_s:
-        events = rp.from_now(events, now_ms)
+    origin_ms = None
+    if since_s:  # a live stream: from the wall clock's now (building the events took a moment), each at its time
+        origin_ms = int(time.time() * 1000)
+        events = rp.from_now(events, origin_ms)
     total = min(limit, len(events)) if limit else len(events)
     producer = rp.kafka_producer(cfg.kafka.bootstrap_servers)
     with Progress(TextColumn("replay"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[eps]}"),
@@ -296,7 +298,8 @@ def replay(ctx: click.Context, rate, speedup, limit, amplify, trips_per_s, since
             progress.update(task, completed=done, eps=f"{done / max(time.monotonic() - t0, 1e-6):,.0f} ev/s")
 
         stats = rp.replay(events, producer, topic_prefix=cfg.kafka.topic_prefix, speedup=speedup, rate=rate,
-                          limit=limit, bad_fraction=bad_fraction, seed=seed, on_progress=tick, duration_s=for_s)
+                          limit=limit, bad_fraction=bad_fraction, seed=seed, on_progress=tick, duration_s=for_s,
+                          origin_ms=origin_ms)
     data = {**{k: v for k, v in stats.__dict__.items() if k != "corrupted"},
             "events_per_s": round(stats.sent / max(stats.seconds, 1e-6), 1)}
     if wait:

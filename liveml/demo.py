@@ -292,8 +292,10 @@ def step_live(d: Demo) -> dict[str, Any]:
     s = d.settings
     now_ms = int(time.time() * 1000)
     k = max(1, int((LIVE_SINCE_S + s.live_seconds) * s.live_trips_per_s / 15002) + 1)
-    events = rp.from_now(rp.build_events(amplify_k=k, seed=now_ms % 100_000, trips_per_s=s.live_trips_per_s,
-                                         start_ms=now_ms - LIVE_SINCE_S * 1000), now_ms)
+    events = rp.build_events(amplify_k=k, seed=now_ms % 100_000, trips_per_s=s.live_trips_per_s,
+                             start_ms=now_ms - LIVE_SINCE_S * 1000)
+    now_ms = int(time.time() * 1000)  # building took a moment: events are due from now, each at its own time
+    events = rp.from_now(events, now_ms)
     d.log(f"  streaming real trips resampled at {s.live_trips_per_s:g} trips/s, each event at its own time, "
           f"for {s.live_seconds:.0f}s")
     sampler = FreshnessSampler(d.cfg, now_ms)
@@ -306,7 +308,7 @@ def step_live(d: Demo) -> dict[str, Any]:
             d.log(f"  sent {n:,} live events")
 
     stats = rp.replay(events, rp.kafka_producer(d.cfg.kafka.bootstrap_servers), topic_prefix=d.cfg.kafka.topic_prefix,
-                      speedup=1.0, duration_s=s.live_seconds, on_progress=progress)
+                      speedup=1.0, duration_s=s.live_seconds, on_progress=progress, origin_ms=now_ms)
     sent = events[:stats.sent]
     ends = [e.key for e in sent if e.topic == rp.TRIPS_TOPIC and e.value["event_type"] == "end"]
     d.log(f"  sent {stats.sent:,} events ({len(ends):,} trips ended); waiting for their predictions in Iceberg")

@@ -42,6 +42,8 @@ def _describe(cfg, names: list[str]) -> dict[str, dict]:
     admin = _admin(cfg)
     meta = admin.list_topics(timeout=10).topics
     out = {n: {"partitions": len(meta[n].partitions)} for n in names if n in meta}
+    if not out:
+        return out
     futures = admin.describe_configs([ConfigResource(ResourceType.TOPIC, n) for n in out])
     for resource, fut in futures.items():
         entries = fut.result(30)

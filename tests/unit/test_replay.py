@@ -144,3 +144,32 @@ def test_trip_tables_hold_what_the_events_carry():
         assert int(row["decision_time"].value // 1_000_000) == ev["decision_time"]
         assert int(row["label_time"].value // 1_000_000) == ev["label_time"]
         assert bool(row["big_tipper"]) == ev["big_tipper"] and row["company"] == ev["company"]
+
+
+class RecordingProducer(FakeProducer):
+    """Notes the fake clock's time of each send."""
+
+    def __init__(self, clock):
+        super().__init__()
+        self.clock, self.sent_at = clock, []
+
+    def produce(self, *args, **kwargs):
+        self.sent_at.append(self.clock.now)
+        return super().produce(*args, **kwargs)
+
+
+def test_a_live_stream_joins_mid_flight_and_sends_each_event_at_its_own_time(trips):
+    """--since: trips resampled to start 30 min ago; only events from now on are sent, each when due."""
+    now_ms = 10_000_000
+    events = rp.build_events(amplify_k=1, seed=3, trips_per_s=5.0, start_ms=now_ms - 30 * 60_000)
+    live = rp.from_now(events, now_ms)
+    assert live and all(e.time_ms >= now_ms for e in live)
+    ends = [e for e in live if e.value.get("event_type") == "end"]
+    starts = {e.key for e in live if e.value.get("event_type") == "start"}
+    assert any(e.key not in starts for e in ends)  # trips already under way end from now on
+    clock = FakeClock()
+    producer = RecordingProducer(clock)
+    stats = rp.replay(live, producer, speedup=1.0, origin_ms=now_ms, duration_s=60, clock=clock, sleep=clock.sleep)
+    due = [(e.time_ms - now_ms) / 1000 for e in live[:stats.sent]]
+    assert producer.sent_at == pytest.approx(due)  # each at its own event time, from the wall clock's now
+    assert stats.sent == sum(d <= 60 for d in due) < len(live)  # and no event past the duration
