@@ -305,10 +305,15 @@ def replay(ctx: click.Context, rate, speedup, limit, amplify, trips_per_s, since
     if wait:
         from liveml.ingest import wait_committed
 
-        label_ids = [e.key for e in events[:stats.sent] if e.topic == rp.LABELS_TOPIC]
+        sent = events[:stats.sent]
+        label_ids = [e.key for e in sent if e.topic == rp.LABELS_TOPIC]
+        trip_ids = sorted({e.key for e in sent if e.topic == rp.TRIPS_TOPIC})
+        trip_events = sum(e.topic == rp.TRIPS_TOPIC for e in sent)
         if not as_json:
-            console.print(f"waiting for the feature job to commit {len(label_ids):,} labels to Iceberg")
-        data.update(wait_committed(cfg, label_ids, log=None if as_json else console.print))
+            console.print(f"waiting for the feature job to commit {trip_events:,} trip events and "
+                          f"{len(label_ids):,} labels to Iceberg")
+        data.update(wait_committed(cfg, label_ids, trip_events=trip_events, trip_ids=trip_ids,
+                                   log=None if as_json else console.print))
     _emit(data, as_json, lambda d: console.print(
         f"sent {d['sent']} events ({d['trips_events']} trip events, {d['labels']} labels, {d['bad']} corrupted) "
         f"in {d['seconds']:.1f}s, {d['events_per_s']:,.0f} ev/s"))

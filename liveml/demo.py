@@ -179,7 +179,8 @@ def step_history(d: Demo) -> dict[str, Any]:
                       on_progress=lambda n: n % tenth < 500 and d.log(f"  sent {n:,} of {len(events):,}"))
     d.log(f"  sent {stats.sent:,} events in {stats.seconds:.1f}s; waiting for the feature job to commit them "
           f"to Iceberg (checkpoints every {d.cfg.flink.checkpoint_interval})")
-    done = wait_committed(d.cfg, ids, log=d.log)
+    trip_events = sum(e.topic == rp.TRIPS_TOPIC for e in events)
+    done = wait_committed(d.cfg, ids, trip_events=trip_events, trip_ids=ids, log=d.log)
     dlq = done["dead_letters"]
     d.log(f"  in Iceberg: {done['labels_in_iceberg']:,} labels; dead-lettered: "
           + ", ".join(f"{t} {v['count']} ({', '.join(v['reasons']) or '-'})" for t, v in dlq.items()))

@@ -24,13 +24,15 @@ def ids_in(store, table: str, trip_ids: Sequence[str]) -> int:
     return con.execute("SELECT count(DISTINCT t.trip_id) FROM t JOIN wanted USING (trip_id)").fetchone()[0]
 
 
-def wait_committed(cfg: LivemlConfig, label_ids: Sequence[str], timeout_s: float = 600,
+def wait_committed(cfg: LivemlConfig, label_ids: Sequence[str], trip_events: int | None = None,
+                   trip_ids: Sequence[str] | None = None, timeout_s: float = 600,
                    log: Callable[[str], None] | None = None) -> dict[str, Any]:
-    """Until ``labels.trips`` holds every one of ``label_ids`` that was not dead-lettered.
+    """Until ``labels.trips`` holds every one of ``label_ids`` and ``raw.trips`` the ``trip_events`` events of
+    ``trip_ids``, less what was dead-lettered.
 
-    Labels are the last event of a trip (its tip is known 15 minutes after the trip ends), so once they are
-    in, so are the trips' start and end events before them. Raises :class:`LivemlError` naming the command
-    to check after ``timeout_s`` seconds.
+    The two sources are read and committed independently: labels can be in while the trips' end events are
+    still on their way, and a training set built then would leave those labels out (no decision event).
+    Raises :class:`LivemlError` naming the command to check after ``timeout_s`` seconds.
     """
     from liveml.dlq import dead_letters
     from liveml.offline import OfflineStore
@@ -40,11 +42,26 @@ def wait_committed(cfg: LivemlConfig, label_ids: Sequence[str], timeout_s: float
     while True:
         dlq = dead_letters(cfg)
         labelled = ids_in(store, "labels.trips", label_ids)
-        if labelled + dlq.get("labels.dlq", {}).get("count", 0) >= len(label_ids):
-            return {"labels_in_iceberg": labelled, "dead_letters": dlq}
+        raw = trip_rows(store, trip_ids) if trip_ids and trip_events else 0
+        labels_in = labelled + dlq.get("labels.dlq", {}).get("count", 0) >= len(label_ids)
+        trips_in = not trip_events or raw + dlq.get("trips.dlq", {}).get("count", 0) >= trip_events
+        if labels_in and trips_in:
+            return {"labels_in_iceberg": labelled, "trip_events_in_iceberg": raw, "dead_letters": dlq}
         if time.monotonic() > deadline:
             raise LivemlError(f"after {timeout_s:.0f} s labels.trips holds {labelled:,} of the {len(label_ids):,} "
-                              "labels sent: is the feature job running (`liveml jobs`, `liveml submit features`)?")
+                              f"labels sent and raw.trips {raw:,} of {trip_events or 0:,} trip events: is the "
+                              "feature job running (`liveml jobs`, `liveml submit features`)?")
         if log:
-            log(f"  in Iceberg: {labelled:,} of {len(label_ids):,} labels")
+            log(f"  in Iceberg: {labelled:,} of {len(label_ids):,} labels, {raw:,} of {trip_events or 0:,} trip events")
         time.sleep(5)
+
+
+def trip_rows(store, trip_ids: Sequence[str]) -> int:
+    """Distinct (trip, event type) rows of ``trip_ids`` in ``raw.trips``: a replayed twice event counts once."""
+    import pyarrow as pa
+
+    con = store.connect()
+    store.register(con, "raw.trips", view="t")
+    con.register("wanted", pa.table({"trip_id": list(trip_ids)}))
+    return con.execute("SELECT count(*) FROM (SELECT DISTINCT t.trip_id, t.event_type FROM t "
+                       "JOIN wanted USING (trip_id))").fetchone()[0]

@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from liveml.config import load_config
+from liveml.demo import HISTORY_QUICK_TRIPS
 from liveml.tenant import write_tenant_config
 from tests.conftest import REPO, cli_json, run_cli
 
@@ -49,7 +50,9 @@ def test_quick_demo_serves_a_promoted_version_with_live_predictions(quick):
     listed = {m["version"]: m for m in cli_json(tenant, "models", "list")}
     assert "stable" in listed[model["version"]]["labels"]
     ts = result["training_set"]
-    assert ts["rows"] > 2000 and set(ts["snapshot_ids"]) >= {"labels.trips", "raw.trips"}
+    assert set(ts["snapshot_ids"]) >= {"labels.trips", "raw.trips"}
+    # every history trip is in, with its decision event: the build waited for both sources
+    assert ts["rows"] == HISTORY_QUICK_TRIPS and ts["excluded"]["no_decision_event"] == 0, ts
     preds = result["predictions"]
     assert preds["trips_ended"] > 100
     assert preds["ok_from_model"] >= 0.9 * preds["trips_ended"], preds

@@ -50,6 +50,9 @@ def test_the_readme_quickstart_runs_as_written(stack_config):
             done = subprocess.run(["bash", "-c", cmd], cwd=REPO, env=env, capture_output=True, text=True,
                                   timeout=1200)
             assert done.returncode == 0, (cmd, done.stdout[-3000:], done.stderr[-3000:])
+        # the training set held every real trip with a good end event: `replay --wait` waited for both sources
+        history = cli_json(tenant, "sql", "SELECT count(*) AS n FROM training.tips WHERE trip_id NOT LIKE '%-a%'")
+        assert history[0]["n"] == 15_001, history  # 15,002 real trips, trip-01518's end event dead-lettered
         stable = next(m["version"] for m in cli_json(tenant, "models", "list") if "stable" in m["labels"])
         rows = cli_json(tenant, "sql", f"SELECT count(*) AS n FROM predictions.trips "
                                        f"WHERE status = 'ok' AND model_version = {stable}")
