@@ -66,6 +66,9 @@ def measure_flink_throughput(cfg, n_events: int, extra_args: tuple[str, ...] = (
     try:
         deadline = time.time() + 900
         while time.time() < deadline:
+            state = flink.job_detail(cfg, job_id)["state"]
+            if state in ("FAILED", "CANCELED"):  # e.g. the TaskManager died: say so, do not wait 15 min
+                raise RuntimeError(f"feature job {job_id} is {state} (see `liveml jobs`, LIVEML_HOME/logs)")
             done = source_records(cfg, job_id)
             samples.append((time.monotonic(), done))
             if done >= n_events:

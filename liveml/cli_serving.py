@@ -73,7 +73,7 @@ def predict(ctx, model, version, label, signature, features_json, timeout) -> No
 
     cfg = _cfg(ctx)
     try:
-        features = json.loads(features_json)
+        features = missing_as_the_model_reads_it(json.loads(features_json))
     except json.JSONDecodeError as exc:
         raise LivemlError(f"--json is not JSON: {exc}") from None
 
@@ -89,6 +89,15 @@ def predict(ctx, model, version, label, signature, features_json, timeout) -> No
     data = {"model": r.model, "version": r.version, "signature": r.signature, "latency_ms": round(r.latency_ms, 3),
             "outputs": {k: v.tolist() for k, v in r.outputs.items()}}
     click.echo(json.dumps(data, indent=2, default=str))
+
+
+def missing_as_the_model_reads_it(features: dict[str, Any]) -> dict[str, Any]:
+    """A ``null`` feature becomes what ``serving_default`` reads as missing (NaN, "" or -1), as the enrichment
+    job sends it, so a row copied from ``predictions.trips`` scores as it scored in the stream. Features the
+    training set does not declare are passed as given."""
+    from tfx_pipeline.features import RAW_KIND, missing_serving_value
+
+    return {k: (missing_serving_value(k) if v is None and k in RAW_KIND else v) for k, v in features.items()}
 
 
 # --- models: versions on disk, what serves, labels ------------------------------------------------------

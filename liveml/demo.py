@@ -90,7 +90,7 @@ class Step:
     name: str
     title: str
     run: Callable[[Demo], dict[str, Any]]
-    retry: tuple[str, ...]  # the liveml commands that redo this step by hand
+    retry: tuple[str, ...]  # the liveml commands that redo this step by hand ({field} of Settings filled in)
     log: str  # where to read why it failed, relative to LIVEML_HOME
 
 
@@ -171,6 +171,12 @@ def step_history(d: Demo) -> dict[str, Any]:
     if labelled >= len(ids):
         d.log(f"  the {len(ids):,} real trips are already in labels.trips: not replayed again")
         return {"trips": len(ids), "replayed": False, "labels_in_iceberg": labelled}
+    if labelled:  # e.g. a --quick run's 3,000 trips, then a full one
+        raise LivemlError(
+            f"labels.trips already holds {labelled:,} of these {len(ids):,} real trips (an earlier, shorter "
+            "run?). Replaying them again would duplicate those, and the running feature job is past 2016 in "
+            "event time, so the rest would arrive late and get no features. Start from empty state: "
+            "`liveml down && make clean`, then `make demo`")
 
     events = rp.trip_events(trips)
     d.log(f"  replaying {len(ids):,} real trips ({len(events):,} events: starts, ends and labels) into Kafka")
@@ -251,6 +257,11 @@ def step_training(d: Demo) -> dict[str, Any]:
     return {"training_set": training_set, "model": model}
 
 
+def live_amplify(s: Settings) -> int:
+    """Copies of the 15,002 real trips that cover the live stream: starts from 30 min ago to its end."""
+    return max(1, int((LIVE_SINCE_S + s.live_seconds) * s.live_trips_per_s / 15002) + 1)
+
+
 class FreshnessSampler(threading.Thread):
     """Reads every online entity's event and write time once a second: how long after its event a
     feature value was in Redis (ms), one sample per new (key, event time)."""
@@ -292,7 +303,7 @@ def step_live(d: Demo) -> dict[str, Any]:
 
     s = d.settings
     now_ms = int(time.time() * 1000)
-    k = max(1, int((LIVE_SINCE_S + s.live_seconds) * s.live_trips_per_s / 15002) + 1)
+    k = live_amplify(s)
     events = rp.build_events(amplify_k=k, seed=now_ms % 100_000, trips_per_s=s.live_trips_per_s,
                              start_ms=now_ms - LIVE_SINCE_S * 1000)
     now_ms = int(time.time() * 1000)  # building took a moment: events are due from now, each at its own time
@@ -337,11 +348,12 @@ STEPS: list[Step] = [
     Step("jobs", "the feature and enrichment jobs on Flink", step_jobs, ("submit features", "submit enrich"),
          "flink/log"),
     Step("history", "2013-2016 real trips replayed into Kafka, Iceberg and Redis", step_history,
-         ("replay",), "flink/log"),
+         ("replay --wait",), "flink/log"),
     Step("training", "training set, TFX train, promote to stable", step_training,
          ("training-set build", "train", "models promote latest --label stable"), "logs/demo-train.log"),
     Step("live", "live trips enriched with predictions", step_live,
-         ("replay --amplify 3 --trips-per-s 20 --since 30m --speedup 1 --for 90s",), "flink/log"),
+         ("replay --amplify {amplify} --trips-per-s {live_trips_per_s:g} --since 30m --speedup 1 "
+          "--for {live_seconds:.0f}s",), "flink/log"),
 ]
 
 
@@ -418,8 +430,9 @@ def run(cfg: LivemlConfig, settings: Settings, log: Log, steps: list[Step] | Non
                 raise
             except Exception as exc:  # every failure of a step is reported as that step's
                 reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+                fields = {**settings.__dict__, "amplify": live_amplify(settings)}
                 raise DemoFailed(step, reason, cfg.path(step.log),
-                                 " && ".join(d.command(*shlex.split(c)) for c in step.retry)) from exc
+                                 " && ".join(d.command(*shlex.split(c.format(**fields))) for c in step.retry)) from exc
             d.results[step.name]["seconds"] = round(time.monotonic() - t0, 1)
         result = summarize(d)
     finally:

@@ -117,3 +117,16 @@ def test_an_unreachable_flink_during_a_poll_names_the_fix(tmp_path):
                                  "flink": {"rest_url": f"http://localhost:{OFFLINE_PORTS['flink_rest']}"}}, env={})
     with pytest.raises(ServiceError, match="liveml up flink"):
         flink.job_detail(cfg, "0" * 32)
+
+
+def test_predict_sends_a_null_feature_as_the_stream_does():
+    """A row copied from predictions.trips (nulls for missing values) must score as it scored in the stream:
+    the enrichment job sends NaN, "" or -1 (tfx_pipeline.features.missing_serving_value), not 0."""
+    import math
+
+    from liveml.cli_serving import missing_as_the_model_reads_it
+
+    got = missing_as_the_model_reads_it({"fare_avg_1h": None, "company": None, "trips_count_1h": None,
+                                         "fare": 12.5, "not_a_feature": None})
+    assert math.isnan(got["fare_avg_1h"]) and got["company"] == "" and got["trips_count_1h"] == -1
+    assert got["fare"] == 12.5 and got["not_a_feature"] is None
