@@ -106,7 +106,7 @@ class ModelNotFound(grpc.aio.AioRpcError):
     def missing(self) -> str:
         if self.version is not None:
             return f"version {self.version} of model {self.model!r} loaded"
-        if self.label:
+        if self.label and self.code() != grpc.StatusCode.NOT_FOUND:  # NOT_FOUND: no version at all
             return f"version of model {self.model!r} under label {self.label!r}"
         return f"version of model {self.model!r} loaded"
 
@@ -171,10 +171,15 @@ class PredictionClient:
         return spec
 
     async def input_dtypes(self, model: str, signature: str = "serving_default",
-                           timeout_s: float | None = None) -> dict[str, int]:
-        key = (model, signature)
+                           timeout_s: float | None = None, version: int | None = None,
+                           label: str | None = None, refresh: bool = False) -> dict[str, int]:
+        """The signature's input dtypes, of the version that ``version`` or ``label`` names (else the latest),
+        read once with GetModelMetadata and cached; ``refresh`` reads them again."""
+        key = (model, signature, version, label)
+        if refresh:
+            self._inputs.pop(key, None)
         if key not in self._inputs:
-            req = get_model_metadata_pb2.GetModelMetadataRequest(model_spec=self.spec(model),
+            req = get_model_metadata_pb2.GetModelMetadataRequest(model_spec=self.spec(model, version, label),
                                                                  metadata_field=["signature_def"])
             resp = await self.predictions.GetModelMetadata(req, timeout=timeout_s or self.timeout_s)
             defs = get_model_metadata_pb2.SignatureDefMap()
@@ -191,25 +196,45 @@ class PredictionClient:
 
         :class:`ModelNotFound` if the server has no such model, version or label."""
         timeout = timeout_s or self.timeout_s
-        try:
-            dtypes = await self.input_dtypes(model, signature, timeout)  # the latest version's signature
-        except grpc.aio.AioRpcError as exc:
-            raise self._not_found(exc, model) from None
-        missing = sorted(set(dtypes) - set(features))
-        if missing:
-            raise ValueError(f"model {model} signature {signature} needs {missing}")
-        req = predict_pb2.PredictRequest(model_spec=self.spec(model, version, label, signature),
-                                         output_filter=list(output_filter))
-        for name, dtype in dtypes.items():
-            req.inputs[name].CopyFrom(to_tensor(features[name], dtype))
-        t0 = time.perf_counter()
-        try:
-            resp = await self.predictions.Predict(req, timeout=timeout)
-        except grpc.aio.AioRpcError as exc:
-            raise self._not_found(exc, model, version, label) from None
+        # The signature of the version the label (or version) names, not the latest one's: a label may name
+        # an older version, and once it moves to a version with another signature the cached dtypes are
+        # stale, so a refused call reads them again, once.
+        for refresh in (False, True):
+            try:
+                dtypes = await self.input_dtypes(model, signature, timeout, version, label, refresh=refresh)
+            except grpc.aio.AioRpcError as exc:
+                raise self._not_found(exc, model, version, label) from None
+            missing = sorted(set(dtypes) - set(features))
+            if missing:
+                if not refresh:
+                    continue
+                raise ValueError(f"model {model} signature {signature} needs {missing}")
+            req = predict_pb2.PredictRequest(model_spec=self.spec(model, version, label, signature),
+                                             output_filter=list(output_filter))
+            for name, dtype in dtypes.items():
+                req.inputs[name].CopyFrom(to_tensor(features[name], dtype))
+            t0 = time.perf_counter()
+            try:
+                resp = await self.predictions.Predict(req, timeout=timeout)
+                break
+            except grpc.aio.AioRpcError as exc:
+                if exc.code() == grpc.StatusCode.INVALID_ARGUMENT and not refresh and \
+                        not model_missing(exc.code(), exc.details()) and \
+                        await self._signature_changed(dtypes, model, signature, timeout, version, label):
+                    continue  # the label moved to a version with another signature: send it as that one takes it
+                raise self._not_found(exc, model, version, label) from None
         latency = (time.perf_counter() - t0) * 1000
         return PredictResult({k: from_tensor(v) for k, v in resp.outputs.items()}, resp.model_spec.name,
                              resp.model_spec.version.value, resp.model_spec.signature_name, latency)
+
+    async def _signature_changed(self, used: dict[str, int], model: str, signature: str, timeout: float,
+                                 version: int | None, label: str | None) -> bool:
+        """Read the signature again; True if it differs from ``used`` (a request refused for any other reason
+        is not sent twice)."""
+        try:
+            return await self.input_dtypes(model, signature, timeout, version, label, refresh=True) != used
+        except (grpc.aio.AioRpcError, KeyError):
+            return False
 
     def _not_found(self, exc: grpc.aio.AioRpcError, model: str, version: int | None = None,
                    label: str | None = None) -> grpc.aio.AioRpcError:

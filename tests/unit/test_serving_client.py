@@ -72,14 +72,29 @@ def test_a_bad_request_is_not_retried(served):
 
     async def go():
         async with PredictionClient(f"127.0.0.1:{served.port}", timeout_s=10, retries=3) as client:
-            await client.input_dtypes("tip")
-            client._inputs[("tip", "serving_default")]["fare"] = types_pb2.DT_STRING  # send the wrong dtype
             await client.predict(standin_row(), model="tip")
+            await client.predict(standin_row(), model="tip", output_filter=["no_such_output"])  # refused
 
     with pytest.raises(grpc.aio.AioRpcError) as err:
         asyncio.run(go())
-    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "fare" in err.value.details()
-    assert _requests("INVALID_ARGUMENT") == before + 1  # one attempt, not four
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert _requests("INVALID_ARGUMENT") == before + 1  # one attempt, not four, and not re-sent
+
+
+def test_a_stale_signature_is_read_again_once(served):
+    """A label that moves to a version with another signature: the cached dtypes are stale, the server
+    refuses once, and the client reads the signature again and sends the request as it now must be."""
+    before = _requests("INVALID_ARGUMENT")
+
+    async def go():
+        async with PredictionClient(f"127.0.0.1:{served.port}", timeout_s=10, retries=3) as client:
+            await client.input_dtypes("tip")
+            client._inputs[("tip", "serving_default", None, None)]["fare"] = types_pb2.DT_STRING  # stale
+            return await client.predict(standin_row(), model="tip")
+
+    result = asyncio.run(go())
+    assert result.outputs["probabilities"].shape == (1,)
+    assert _requests("INVALID_ARGUMENT") == before + 1
 
 
 def test_an_unreachable_server_is_unavailable_within_the_deadline():
