@@ -13,7 +13,7 @@ from liveml.config import load_config
 from liveml.errors import LivemlError, ServiceError
 from serving.testing import export_standin_model, standin_row
 from tests.conftest import OFFLINE_PORTS, run_cli, write_test_config
-from tests.unit.test_enrich_no_model import Empty
+from tests.unit.test_enrich_no_model import empty, unlabelled  # noqa: F401  (fixtures: the same two servers)
 
 pytestmark = pytest.mark.unit
 
@@ -28,24 +28,6 @@ def _config(home, grpc_port: int | None = None, model_name: str = "tip"):
     return path
 
 
-@pytest.fixture(scope="module")
-def no_versions(tmp_path_factory):
-    base = tmp_path_factory.mktemp("empty-server") / "tip"
-    base.mkdir()
-    running = Empty(base)
-    yield running
-    running.stop()
-
-
-@pytest.fixture(scope="module")
-def no_labels(tmp_path_factory):
-    base = tmp_path_factory.mktemp("unlabelled-server") / "tip"
-    export_standin_model(base, 1)
-    running = Empty(base)
-    yield running
-    running.stop()
-
-
 def _predict(config, *spec: str):
     return run_cli(config, "predict", *spec, "--json", json.dumps(standin_row()), check=False)
 
@@ -56,14 +38,14 @@ def _refused(proc) -> str:
     return " ".join(proc.stderr.split())
 
 
-def test_predict_without_a_model_names_it_and_the_commands(tmp_path, no_versions):
-    err = _refused(_predict(_config(tmp_path, no_versions.port)))
+def test_predict_without_a_model_names_it_and_the_commands(tmp_path, empty):
+    err = _refused(_predict(_config(tmp_path, empty.port)))
     assert "error:" in err and "no version of model 'tip' loaded" in err and "NOT_FOUND" in err
     assert "`liveml train`" in err and "`liveml models promote <version> --label stable --model tip`" in err
 
 
-def test_predict_with_an_unknown_label_or_version_names_it(tmp_path, no_labels):
-    config = _config(tmp_path, no_labels.port)
+def test_predict_with_an_unknown_label_or_version_names_it(tmp_path, unlabelled):
+    config = _config(tmp_path, unlabelled.port)
     err = _refused(_predict(config, "--label", "stable"))
     assert "no version of model 'tip' under label 'stable'" in err and "liveml models promote" in err
     err = _refused(_predict(config, "--version", "4"))
