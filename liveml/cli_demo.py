@@ -40,6 +40,8 @@ def demo(ctx: click.Context, quick: bool, proof: bool, rows: int, down: bool, as
 
     settings = demo_mod.Settings.quick() if quick else demo_mod.Settings()
     result = demo_mod.run(cfg, settings, log, down=down)
-    _emit(result, as_json, lambda d: demo_mod.render(d, out))
+    from liveml.demo_summary import render
+
+    _emit(result, as_json, lambda d: render(d, out))
     if not result["ok"]:
         sys.exit(1)

@@ -14,14 +14,25 @@ from liveml.config import LivemlConfig
 from liveml.errors import LivemlError
 
 
-def ids_in(store, table: str, trip_ids: Sequence[str]) -> int:
-    """How many distinct ``trip_ids`` ``table`` (with a ``trip_id`` column) holds."""
+def _with_ids(store, table: str, trip_ids: Sequence[str], view: str = "t"):
+    """A DuckDB connection with ``table`` as ``view`` and the wanted ids as ``wanted(trip_id)``."""
     import pyarrow as pa
 
     con = store.connect()
-    store.register(con, table, view="t")
+    store.register(con, table, view=view)
     con.register("wanted", pa.table({"trip_id": list(trip_ids)}))
+    return con
+
+
+def ids_in(store, table: str, trip_ids: Sequence[str]) -> int:
+    """How many distinct ``trip_ids`` ``table`` (with a ``trip_id`` column) holds."""
+    con = _with_ids(store, table, trip_ids)
     return con.execute("SELECT count(DISTINCT t.trip_id) FROM t JOIN wanted USING (trip_id)").fetchone()[0]
+
+
+def predictions_of(store, trip_ids: Sequence[str]):
+    """A DuckDB connection where ``p JOIN wanted USING (trip_id)`` is the predictions of ``trip_ids``."""
+    return _with_ids(store, "predictions.trips", trip_ids, view="p")
 
 
 def wait_committed(cfg: LivemlConfig, label_ids: Sequence[str], trip_events: int | None = None,
@@ -58,10 +69,6 @@ def wait_committed(cfg: LivemlConfig, label_ids: Sequence[str], trip_events: int
 
 def trip_rows(store, trip_ids: Sequence[str]) -> int:
     """Distinct (trip, event type) rows of ``trip_ids`` in ``raw.trips``: a replayed twice event counts once."""
-    import pyarrow as pa
-
-    con = store.connect()
-    store.register(con, "raw.trips", view="t")
-    con.register("wanted", pa.table({"trip_id": list(trip_ids)}))
+    con = _with_ids(store, "raw.trips", trip_ids)
     return con.execute("SELECT count(*) FROM (SELECT DISTINCT t.trip_id, t.event_type FROM t "
                        "JOIN wanted USING (trip_id))").fetchone()[0]
