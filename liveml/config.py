@@ -347,3 +347,12 @@ def _origin(field: str, env: Mapping[str, str]) -> str:
     if var in env:
         return f" (from environment variable {var})"
     return ""
+
+
+def config_flag(cfg: LivemlConfig) -> list[str]:
+    """``["--config", path]`` when ``cfg`` is not the file `liveml` finds by itself, else ``[]``: what a
+    command printed for the user must carry to reach the same stack."""
+    default = find_config_file(None, os.environ)
+    if cfg.source and (default is None or Path(cfg.source).resolve() != default.resolve()):
+        return ["--config", str(cfg.source)]
+    return []

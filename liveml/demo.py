@@ -20,7 +20,6 @@ read and the command that retries it. Later capabilities add their own :class:`S
 from __future__ import annotations
 
 import json
-import os
 import shlex
 import subprocess
 import sys
@@ -66,8 +65,9 @@ class Demo:
 
     def command(self, *args: str) -> str:
         """A `liveml` command as a user would type it against this run's config."""
-        cfg_flag = ["--config", str(self.cfg.source)] if _explicit_config(self.cfg) else []
-        return " ".join(_shell_word(a) for a in ["liveml", *cfg_flag, *args])
+        from liveml.config import config_flag
+
+        return " ".join(_shell_word(a) for a in ["liveml", *config_flag(self.cfg), *args])
 
 
 def _shell_word(arg: str) -> str:
@@ -76,13 +76,6 @@ def _shell_word(arg: str) -> str:
     if "'" in arg and not any(c in arg for c in '"$`\\!'):
         return f'"{arg}"'
     return shlex.quote(arg)
-
-
-def _explicit_config(cfg: LivemlConfig) -> bool:
-    from liveml.config import find_config_file
-
-    default = find_config_file(None, os.environ)
-    return bool(cfg.source) and (default is None or Path(cfg.source).resolve() != default.resolve())
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,7 @@ from typing import Any, Sequence
 
 import requests
 
-from liveml.config import REPO_ROOT, LivemlConfig, find_config_file, load_config
+from liveml.config import REPO_ROOT, LivemlConfig, config_flag, load_config
 from liveml.errors import LivemlError, PrerequisiteError, ServiceError
 
 # Job name -> job file. Each job file has a main() and also runs under plain `flink run -py FILE`.
@@ -216,10 +216,7 @@ def source_topics(cfg: LivemlConfig, job: str, job_args: Sequence[str] = ()) -> 
 
 def tables_create_command(cfg: LivemlConfig) -> str:
     """`liveml tables create`, with ``--config`` when ``cfg`` is not the file `liveml` finds by itself."""
-    default = find_config_file(None, os.environ)
-    if cfg.source and (default is None or Path(cfg.source).resolve() != default.resolve()):
-        return f"liveml --config {cfg.source} tables create"
-    return "liveml tables create"
+    return " ".join(["liveml", *config_flag(cfg), "tables", "create"])
 
 
 def missing_topics_error(cfg: LivemlConfig, job: str, missing: Sequence[str]) -> LivemlError:
