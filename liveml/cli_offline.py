@@ -146,25 +146,29 @@ def training_set_build(ctx, set_name, output, snapshot_id, snapshot_ids, from_li
     pins = None
     if snapshot_ids:
         try:
-            pins = {k: int(v) for k, v in json.loads(snapshot_ids).items()}
-        except (ValueError, AttributeError):
-            raise QueryError(f"--snapshot-ids {snapshot_ids!r} must be a JSON object of table -> id") from None
+            pins = {k: None if v is None else int(v) for k, v in json.loads(snapshot_ids).items()}
+        except (ValueError, AttributeError, TypeError):
+            raise QueryError(f"--snapshot-ids {snapshot_ids!r} must be a JSON object of table -> snapshot id "
+                             "(null: the table as it was before its first commit, empty)") from None
+    spec_version = None
     if from_lineage:
         name, _, snap = from_lineage.partition("@")
         recorded = lineage(store, name, int(snap) if snap else None)
         pins, source = recorded["snapshot_ids"], recorded["feature_source"]
+        spec_version = recorded.get("spec_version")
     with Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(), console=console,
                   disable=as_json or not sys.stderr.isatty()) as bar:
         task = bar.add_task(f"building training.{output or set_name}")
         result = build_training_set(store, spec, as_of_snapshot=snapshot_id, snapshot_ids=pins, name=output,
                                     source=source, slice_rows=slice_rows,
+                                    **({"spec_version": spec_version} if spec_version else {}),
                                     progress=lambda n: bar.update(task, description=f"{n:,} rows written"))
 
     def render(r):
         console.print(f"[bold]{r['table']}[/] snapshot {r['snapshot_id']}: {r['rows']:,} rows "
                       f"({r['positives']:,} positive), spec v{r['spec_version']}, {r['seconds']} s")
         for t, s in r["snapshot_ids"].items():
-            console.print(f"  {t:<32} @ {s}")
+            console.print(f"  {t:<32} @ {s if s is not None else 'none (no commit yet at the pin: read as empty)'}")
         for line in _exclusion_lines(r, spec):
             console.print(line, highlight=False, soft_wrap=True)
 
@@ -242,10 +246,12 @@ def parity(ctx, start, end, views, examples, as_json) -> None:
     result = run_parity(OfflineStore.from_config(_cfg(ctx)), _views(views), start, end, examples=examples)
 
     def render(r):
-        t = Table("view", "from", "to", "compared", "mismatches", "stream only", "backfill only", "values")
+        t = Table("view", "from", "to", "compared", "mismatches", "stream only", "backfill only", "values",
+                  "duplicates (stream/backfill)")
         for v in r["views"]:
             t.add_row(v["view"], str(v["from"]), str(v["to"]), f"{v['compared']:,}", str(v["mismatches"]),
-                      str(v["stream_only"]), str(v["backfill_only"]), str(v["value_mismatches"]))
+                      str(v["stream_only"]), str(v["backfill_only"]), str(v["value_mismatches"]),
+                      f"{v['stream_duplicates']}/{v['backfill_duplicates']}")
         out.print(t)
         for v in r["views"]:
             for ex in v["examples"]:

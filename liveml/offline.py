@@ -17,8 +17,9 @@ files); a table that has delete files is read through pyiceberg's Arrow scan ins
 
 from __future__ import annotations
 
+import os
 import re
-from datetime import datetime, timezone
+from datetime import date, datetime, timezone
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
@@ -30,7 +31,8 @@ from pyiceberg.expressions import AlwaysTrue, BooleanExpression
 from pyiceberg.expressions.parser import parse as parse_filter
 from pyiceberg.expressions.visitors import bind
 from pyiceberg.io.pyarrow import schema_to_pyarrow
-from pyiceberg.table import Table
+from pyiceberg.schema import Schema
+from pyiceberg.table import DataScan, Table
 
 from liveml.config import LivemlConfig
 from liveml.errors import LivemlError
@@ -42,17 +44,32 @@ class QueryError(LivemlError):
     exit_code = 6
 
 
-def parse_time(value: str | datetime | int) -> datetime:
-    """An ISO-8601 time (``2014-03-01``, ``2014-03-01T12:00:00Z``), a datetime or epoch milliseconds, in UTC."""
+TIME_SPELLINGS = ("an ISO-8601 date or date-time, with Z, an offset such as +01:00, or no zone (read as UTC): "
+                  "2015-03-02, 2015-03-02T08:05:00Z, 2015-03-02 08:05:00.250+01:00; or epoch milliseconds: "
+                  "1425283500000")
+_EPOCH_MS = re.compile(r"^-?\d{10,}$")  # ISO-8601's basic date (20150302) has 8 digits
+
+
+def parse_time(value: str | datetime | date | int) -> datetime:
+    """The one parser of every time the platform takes: ``--as-of``, ``--from``/``--to``, and the time
+    literals of a scan's filter. Returns an aware datetime in UTC.
+
+    Spellings (:data:`TIME_SPELLINGS`): ISO-8601 as Python 3.11's ``datetime.fromisoformat`` reads it
+    (``Z`` included), a date as its midnight UTC, a time without a zone as UTC; an int or a string of ten
+    or more digits as epoch milliseconds. Raises :class:`QueryError` naming the spellings otherwise.
+    """
     if isinstance(value, datetime):
-        return value if value.tzinfo else value.replace(tzinfo=timezone.utc)
-    if isinstance(value, int):
-        return datetime.fromtimestamp(value / 1000, tz=timezone.utc)
-    try:
-        parsed = datetime.fromisoformat(value.strip().replace("Z", "+00:00"))
-    except ValueError:
-        raise QueryError(f"time {value!r} is not ISO-8601 (e.g. 2014-03-01T12:00:00Z)") from None
-    return parsed if parsed.tzinfo else parsed.replace(tzinfo=timezone.utc)
+        parsed = value
+    elif isinstance(value, date):
+        parsed = datetime(value.year, value.month, value.day)
+    elif isinstance(value, int) or (isinstance(value, str) and _EPOCH_MS.match(value.strip())):
+        return datetime.fromtimestamp(int(value) / 1000, tz=timezone.utc)
+    else:
+        try:
+            parsed = datetime.fromisoformat(str(value).strip())
+        except ValueError:
+            raise QueryError(f"time {value!r} is not a time the platform reads; use {TIME_SPELLINGS}") from None
+    return parsed.astimezone(timezone.utc) if parsed.tzinfo else parsed.replace(tzinfo=timezone.utc)
 
 
 def to_ms(value: datetime) -> int:
@@ -61,6 +78,23 @@ def to_ms(value: datetime) -> int:
 
 def _iso_ms(ms: int) -> str:
     return datetime.fromtimestamp(ms / 1000, tz=timezone.utc).isoformat(timespec="milliseconds")
+
+
+class _CurrentSchemaScan(DataScan):
+    """A pyiceberg scan projected through the table's current schema, whatever snapshot it reads.
+
+    pyiceberg 0.6.1 projects a pinned snapshot through the schema it was committed with, so a column added
+    since is unknown to it ("Could not find column"), while DuckDB's reads (:meth:`OfflineStore.register`)
+    show it as NULL. Reading by field id through the current schema gives NULL for a field a file lacks,
+    and a filter on it is evaluated as on NULL."""
+
+    def projection(self) -> Schema:
+        schema = self.table.schema()
+        return schema if "*" in self.selected_fields else schema.select(*self.selected_fields,
+                                                                         case_sensitive=self.case_sensitive)
+
+
+CURRENT = "current"  # read a table's current snapshot (None, as a pin, is the empty table before its first commit)
 
 
 class OfflineStore:
@@ -141,6 +175,7 @@ class OfflineStore:
                                  "; write comparisons such as \"fare > 20 and company = 'Flash Cab'\"") from None
         else:
             expr = where
+        expr = _times_in(expr, table.schema())
         try:
             bind(table.schema(), expr, case_sensitive=True)
         except ValueError as exc:
@@ -161,17 +196,24 @@ class OfflineStore:
     def scan(self, name: str, where: str | BooleanExpression | None = None, columns: Sequence[str] | None = None,
              snapshot_id: int | None = None, as_of: str | datetime | int | None = None,
              limit: int | None = None) -> pa.Table:
-        """Rows of ``name`` as Arrow, through pyiceberg (filter pushed down to partitions and files)."""
+        """Rows of ``name`` as Arrow, through pyiceberg (filter pushed down to partitions and files).
+
+        Columns are the table's current schema whatever snapshot is read, as in :meth:`register` (so
+        ``liveml query`` and ``liveml sql`` agree): a column added after the snapshot reads as NULL, as
+        it does in files written before it was added. Times in ``where`` take :data:`TIME_SPELLINGS`.
+        """
         table = self.table(name)
         row_filter = self._filter(table, where)
         selected = self._columns(table, columns)
         snap = self.resolve_snapshot(table, snapshot_id, as_of)
+        schema = schema_to_pyarrow(table.schema())
+        wanted = [f.name for f in schema] if selected == ("*",) else list(selected)
+        schema = pa.schema([schema.field(c) for c in wanted])
         if snap is None:
-            schema = schema_to_pyarrow(table.schema())
-            if selected != ("*",):
-                schema = pa.schema([schema.field(c) for c in selected])
             return schema.empty_table()
-        return table.scan(row_filter=row_filter, selected_fields=selected, snapshot_id=snap, limit=limit).to_arrow()
+        scan = _CurrentSchemaScan(table=table, row_filter=row_filter, selected_fields=selected, snapshot_id=snap,
+                                  limit=limit)
+        return scan.to_arrow().select(wanted)
 
     def scan_pandas(self, name: str, **kwargs: Any):
         return self.scan(name, **kwargs).to_pandas()
@@ -182,7 +224,8 @@ class OfflineStore:
         pruning by pyiceberg), or None when delete files mean the files alone are not the table."""
         if snapshot_id is None:
             return []
-        tasks = list(table.scan(row_filter=self._filter(table, where), snapshot_id=snapshot_id).plan_files())
+        tasks = list(_CurrentSchemaScan(table=table, row_filter=self._filter(table, where),
+                                        snapshot_id=snapshot_id).plan_files())
         if any(t.delete_files for t in tasks):
             return None
         return [_local(t.file.file_path) for t in tasks]
@@ -198,47 +241,65 @@ class OfflineStore:
             con.execute(f"SET temp_directory = '{self.tmp_dir}'")
         return con
 
-    def register(self, con: duckdb.DuckDBPyConnection, name: str, snapshot_id: int | None = None,
+    def register(self, con: duckdb.DuckDBPyConnection, name: str, snapshot_id: int | None | str = CURRENT,
                  where: str | BooleanExpression | None = None, view: str | None = None) -> int | None:
-        """Make ``name`` (as of ``snapshot_id``, current by default) a DuckDB view; returns the snapshot read.
+        """Make ``name`` a DuckDB view; returns the snapshot read.
 
-        The view is ``namespace.table`` in DuckDB too (a schema per namespace), unless ``view`` names it.
-        ``where`` prunes the files read; rows are not filtered by it (put the predicate in the query).
+        ``snapshot_id``: :data:`CURRENT` (the default) reads the current snapshot; an id reads that one;
+        ``None`` is a pin to "before the table's first commit", which reads as empty: a pinned read never
+        falls through to the current data. The view is ``namespace.table`` in DuckDB too (a schema per
+        namespace), unless ``view`` names it. ``where`` prunes the files read; rows are not filtered by it
+        (put the predicate in the query). The columns are the table's current schema (see :meth:`scan`).
         """
         table = self.table(name)
-        snap = self.resolve_snapshot(table, snapshot_id)
+        snap = self.resolve_snapshot(table) if snapshot_id == CURRENT else (
+            None if snapshot_id is None else self.resolve_snapshot(table, snapshot_id))
         namespace, short = name.split(".")
         if view is None:
             con.execute(f'CREATE SCHEMA IF NOT EXISTS "{namespace}"')
             target = f'"{namespace}"."{short}"'
         else:
             target = f'"{view}"'
-        arrow_schema = schema_to_pyarrow(table.schema())
         files = self.data_files(table, snap, where)
-        if files is None:  # delete files present: let pyiceberg apply them
-            arrow = table.scan(row_filter=self._filter(table, where), snapshot_id=snap).to_arrow()
+        names = ", ".join(f'"{f.name}"' for f in table.schema().fields)
+        if files is None:  # delete files present: pyiceberg applies them, DuckDB gets a table of its own
+            arrow = _CurrentSchemaScan(table=table, row_filter=self._filter(table, where), snapshot_id=snap).to_arrow()
             src = f"_arrow_{namespace}_{short}_{abs(hash(target))}"
             con.register(src, arrow)
-            con.execute(f"CREATE OR REPLACE VIEW {target} AS SELECT * FROM {src}")
+            # never a view over the Arrow table: DuckDB 0.10.3's Arrow scan fails ("DatetimeType not
+            # recognized in ConvertTimestampUnit") when a timestamptz filter is pushed into it
+            con.execute(f'CREATE OR REPLACE TEMP TABLE "{src}_t" AS SELECT * FROM {src}')
+            con.unregister(src)
+            con.execute(f'CREATE OR REPLACE VIEW {target} AS SELECT {names} FROM "{src}_t"')
             return snap
-        if not files:
-            src = f"_empty_{namespace}_{short}_{abs(hash(target))}"
-            con.register(src, arrow_schema.empty_table())
-            con.execute(f"CREATE OR REPLACE VIEW {target} AS SELECT * FROM {src}")
-            return snap
-        file_list = "[" + ", ".join("'" + f.replace("'", "''") + "'" for f in files) + "]"
+        # The table's schema as an empty Parquet file, read with the data files by name: an empty or fully
+        # pruned snapshot is then an empty relation of the right types through the same Parquet reader, and
+        # a column added by evolution after a file was written reads as NULL in it
+        paths = [*files, self._schema_file(table)]
+        file_list = "[" + ", ".join("'" + f.replace("'", "''") + "'" for f in paths) + "]"
         # Iceberg's data files hold every column; DuckDB's hive-partition detection would instead read a
         # `model_version=1/` directory as a VARCHAR column that shadows the file's own BIGINT
         scan = f"read_parquet({file_list}, union_by_name = true, hive_partitioning = false)"
-        present = {row[0] for row in con.execute(f"DESCRIBE SELECT * FROM {scan}").fetchall()}
-        cols = []
-        for fld in table.schema().fields:  # columns added by evolution after a file was written read as NULL
-            if fld.name in present:
-                cols.append(f'"{fld.name}"')
-            else:
-                cols.append(f'CAST(NULL AS {_duck_type(arrow_schema.field(fld.name).type)}) AS "{fld.name}"')
-        con.execute(f"CREATE OR REPLACE VIEW {target} AS SELECT {', '.join(cols)} FROM {scan}")
+        con.execute(f"CREATE OR REPLACE VIEW {target} AS SELECT {names} FROM {scan}")
         return snap
+
+    def _schema_file(self, table: Table) -> str:
+        """An empty Parquet file with ``table``'s current schema (written once per schema)."""
+        import hashlib
+        import tempfile
+
+        import pyarrow.parquet as pq
+
+        schema = schema_to_pyarrow(table.schema())
+        digest = hashlib.sha1(schema.serialize().to_pybytes()).hexdigest()[:16]
+        folder = (self.tmp_dir or Path(tempfile.gettempdir()) / "liveml-duckdb") / "schemas"
+        path = folder / f"{digest}.parquet"
+        if not path.exists():
+            folder.mkdir(parents=True, exist_ok=True)
+            part = path.with_suffix(f".{os.getpid()}.tmp")
+            pq.write_table(schema.empty_table(), part)
+            os.replace(part, path)
+        return str(path)
 
     def sql(self, query: str, snapshots: Mapping[str, int] | None = None) -> pa.Table:
         """Run a read-only SQL query; ``namespace.table`` names resolve to catalog tables (current snapshot,
@@ -251,7 +312,7 @@ class OfflineStore:
             if name not in known:
                 raise QueryError(f"no table {name!r}; known: {', '.join(known)}")
         for name in used:
-            self.register(con, name, (snapshots or {}).get(name))
+            self.register(con, name, (snapshots or {}).get(name, CURRENT))
         try:
             return con.execute(query).arrow()
         except duckdb.Error as exc:
@@ -300,8 +361,34 @@ def _ident(part: str) -> str:
     return rf'(?:{re.escape(part)}|"{re.escape(part)}")'
 
 
-def _duck_type(t: pa.DataType) -> str:
-    if pa.types.is_timestamp(t):
-        return "TIMESTAMPTZ" if t.tz else "TIMESTAMP"
-    return {pa.string(): "VARCHAR", pa.large_string(): "VARCHAR", pa.int32(): "INTEGER", pa.int64(): "BIGINT",
-            pa.float64(): "DOUBLE", pa.float32(): "FLOAT", pa.bool_(): "BOOLEAN", pa.date32(): "DATE"}.get(t, "VARCHAR")
+def _times_in(expr: BooleanExpression, schema) -> BooleanExpression:
+    """``expr`` with every string compared to a timestamp or date column read by :func:`parse_time` and
+    written the way pyiceberg's literal conversion takes it (``+00:00``, or no zone for ``timestamp``)."""
+    from pyiceberg.expressions import And, LiteralPredicate, Not, Or, SetPredicate
+    from pyiceberg.expressions.literals import StringLiteral, literal
+    from pyiceberg.types import DateType, TimestampType, TimestamptzType
+
+    def fix(term, lit):
+        try:
+            kind = schema.find_field(term.name).field_type
+        except (ValueError, AttributeError):
+            return lit  # an unknown column: bind() says so
+        if not isinstance(lit, StringLiteral) or not isinstance(kind, (DateType, TimestampType, TimestamptzType)):
+            return lit
+        t = parse_time(lit.value)
+        if isinstance(kind, DateType):
+            return literal(t.date().isoformat())
+        if isinstance(kind, TimestampType):
+            return literal(t.replace(tzinfo=None).isoformat())
+        return literal(t.isoformat())
+
+    if isinstance(expr, (And, Or)):
+        return type(expr)(_times_in(expr.left, schema), _times_in(expr.right, schema))
+    if isinstance(expr, Not):
+        return Not(_times_in(expr.child, schema))
+    if isinstance(expr, LiteralPredicate):
+        return type(expr)(expr.term, fix(expr.term, expr.literal))
+    if isinstance(expr, SetPredicate):
+        return type(expr)(expr.term, {fix(expr.term, lit) for lit in expr.literals})
+    return expr
+

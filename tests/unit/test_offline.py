@@ -75,7 +75,7 @@ def test_empty_table_reads_as_empty_with_its_columns(store):
     ({"name": "raw.trips", "where": "tip > 3"}, "does not fit raw.trips"),
     ({"name": "raw.trips", "snapshot_id": 42}, "has no snapshot 42"),
     ({"name": "raw.trips", "as_of": "2001-01-01"}, "had no snapshot at 2001-01-01"),
-    ({"name": "raw.trips", "as_of": "yesterday"}, "not ISO-8601"),
+    ({"name": "raw.trips", "as_of": "yesterday"}, "is not a time the platform reads; use an ISO-8601 date"),
 ])
 def test_bad_requests_are_clear_errors(store, kwargs, message):
     append(store.catalog, "raw.trips", [_trip(1, 1.0)])
