@@ -345,7 +345,8 @@ def blackhole_ddl(name: str) -> str:
 
 
 def feature_redis_insert(view: FeatureView, udf_name: str) -> str:
-    args = ", ".join([f"CAST({q(view.entity)} AS STRING)", "event_time_ms", *map(q, view.feature_names())])
+    args = ", ".join([f"CAST({q(view.entity)} AS STRING)", "event_time_ms", "CAST(source_id AS STRING)",
+                      *map(q, view.feature_names())])
     return f"INSERT INTO redis_{view.name}_sink SELECT {udf_name}({args}) FROM feat_{view.name}"
 
 

@@ -33,11 +33,13 @@ class RedisUpsert(ScalarFunction):
         self.write_ms = group.distribution("online_write_ms")
         self.lag_ms = group.distribution("online_event_lag_ms")
 
-    def eval(self, entity: pd.Series, event_ms: pd.Series, *features: pd.Series) -> pd.Series:
+    def eval(self, entity: pd.Series, event_ms: pd.Series, source_id: pd.Series, *features: pd.Series) -> pd.Series:
         names = self.view.feature_names()
         frame = pd.DataFrame({n: f for n, f in zip(names, features)})
         values = frame.astype(object).where(frame.notna(), None).to_dict("records")
-        rows = list(zip(entity.tolist(), event_ms.astype("int64").tolist(), values))
+        # computed now (the write time), with the event's id: the tie rule's order key (LATEST_ORDER)
+        n = len(values)
+        rows = list(zip(entity.tolist(), event_ms.astype("int64").tolist(), values, [None] * n, source_id.tolist()))
         t0 = time.monotonic()
         written = self.store.write(self.view, rows)
         took = (time.monotonic() - t0) * 1000

@@ -17,6 +17,20 @@ from datetime import timedelta
 
 SPEC_VERSION = 3  # 3: sums, averages and rates are exact (integer accumulators, one division)
 
+# The tie rule. An entity's feature value at time t is its latest row with event_time <= t, and "latest" is
+# the greatest (event_time, computed_at, source_id), compared in that order: among rows of one event time the
+# one computed last wins (a restart's or a backfill's recomputation supersedes the earlier one), and the
+# source event id settles the rest, so the choice is a function of the rows alone, never of read order.
+# The stream's Redis writer (liveml.online), the training set's point-in-time join (liveml.training_set),
+# parity (liveml.parity) and the backfill's Redis load all apply it through LATEST_ORDER.
+LATEST_ORDER = ("event_time", "computed_at", "source_id")
+
+
+def latest_first(alias: str = "") -> str:
+    """SQL ``ORDER BY`` terms that put an entity's latest feature row (the tie rule) first."""
+    return ", ".join(f'{alias}"{c}" DESC' for c in LATEST_ORDER)
+
+
 AGG_OPS = ("count", "sum", "avg", "min", "max", "last", "distinct", "rate")
 _WINDOW = re.compile(r"^(\d+)(s|m|h|d)$")
 _UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400}

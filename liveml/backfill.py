@@ -14,7 +14,7 @@ from typing import Any, Callable, Sequence
 
 import requests
 
-from iceberg_schemas.features import SPEC_VERSION, FeatureView
+from iceberg_schemas.features import SPEC_VERSION, FeatureView, latest_first
 from iceberg_schemas.sources import SOURCES
 from iceberg_schemas.tables import backfill_table
 from liveml import flink
@@ -149,10 +149,12 @@ def load_redis(cfg: LivemlConfig, store: OfflineStore, views: Sequence[FeatureVi
         store.register(con, name, view=f"b_{v.name}")
         cols = ", ".join(f'"{n}"' for n in v.feature_names())
         rows = con.execute(
-            f'SELECT "{v.entity}", epoch_ms(event_time), {cols} FROM b_{v.name} WHERE spec_version = {SPEC_VERSION} '
-            f'QUALIFY row_number() OVER (PARTITION BY "{v.entity}" ORDER BY event_time DESC, source_id DESC) = 1'
+            f'SELECT "{v.entity}", epoch_ms(event_time), epoch_ms(computed_at), source_id, {cols} FROM b_{v.name} '
+            f'WHERE spec_version = {SPEC_VERSION} '
+            f'QUALIFY row_number() OVER (PARTITION BY "{v.entity}" ORDER BY {latest_first()}) = 1'
         ).fetchall()
-        batch = [(r[0], int(r[1]), dict(zip(v.feature_names(), r[2:]))) for r in rows]
+        # with their computed_at: a backfilled row never overwrites the stream's later computation of its time
+        batch = [(r[0], int(r[1]), dict(zip(v.feature_names(), r[4:])), r[2], r[3]) for r in rows]
         counts[v.name] = online.write(v, batch) if batch else 0
     return counts
 

@@ -1,7 +1,10 @@
 """Stream/batch parity: the rows the stream wrote against the rows a backfill recomputed, key by key.
 
-Rows pair up on (entity, source event id, event time); the n-th duplicate of a key pairs with the n-th.
-A mismatch is a row on one side only, or a feature that differs at all. The tolerance is zero, for every
+Rows pair up on (entity, source event id, event time). Where one side holds that key more than once (a
+job that replayed events), its row is chosen by the tie rule (``iceberg_schemas.features.LATEST_ORDER``: the
+latest ``computed_at``), as the training set and the Redis writer choose it, and the extra rows are counted
+as ``stream_duplicates`` / ``backfill_duplicates``, never hidden. A mismatch is a row on one side only, or a
+feature that differs at all. The tolerance is zero, for every
 op: a window's aggregates are a function of its events alone (``flink_jobs.feature_sql.agg_expr`` sums
 integers, and divides once), so the stream and the backfill agree bit for bit however long the stream ran.
 """
@@ -11,9 +14,9 @@ from __future__ import annotations
 from datetime import datetime, timezone
 from typing import Any, Sequence
 
-from iceberg_schemas.features import SPEC_VERSION, FeatureView
+from iceberg_schemas.features import SPEC_VERSION, FeatureView, latest_first
 from iceberg_schemas.tables import backfill_table, feature_table
-from liveml.offline import OfflineStore, parse_time, to_ms
+from liveml.offline import CURRENT, OfflineStore, parse_time, to_ms
 
 REL_TOL = 0.0  # see the module docstring: kept as a name so reports can state it
 
@@ -26,8 +29,8 @@ def compare_view(store: OfflineStore, con, v: FeatureView, lo_ms: int | None, hi
                  spec_version: int, examples: int, snapshots: dict[str, int] | None = None) -> dict[str, Any]:
     pins = snapshots or {}
     stream, batch = feature_table(v).identifier, backfill_table(v).identifier
-    store.register(con, stream, pins.get(stream), view=f"s_{v.name}")
-    store.register(con, batch, pins.get(batch), view=f"b_{v.name}")
+    store.register(con, stream, pins.get(stream, CURRENT), view=f"s_{v.name}")
+    store.register(con, batch, pins.get(batch, CURRENT), view=f"b_{v.name}")
     if lo_ms is None or hi_ms is None:  # the event range both sides cover
         rng = con.execute(f"""SELECT greatest((SELECT epoch_ms(min(event_time)) FROM s_{v.name} WHERE spec_version = {spec_version}),
                                               (SELECT epoch_ms(min(event_time)) FROM b_{v.name} WHERE spec_version = {spec_version})),
@@ -37,15 +40,21 @@ def compare_view(store: OfflineStore, con, v: FeatureView, lo_ms: int | None, hi
         hi_ms = rng[1] if hi_ms is None else hi_ms
     if lo_ms is None or hi_ms is None:
         return {"view": v.name, "from": None, "to": None, "compared": 0, "mismatches": 0, "stream_only": 0,
-                "backfill_only": 0, "value_mismatches": 0, "examples": []}
+                "backfill_only": 0, "value_mismatches": 0, "stream_duplicates": 0, "backfill_duplicates": 0,
+                "examples": []}
     key = [f'"{v.entity}"', "source_id", "event_time"]
     names = v.feature_names()
     side = ", ".join(f'"{n}"' for n in names)
 
-    def rows(alias: str) -> str:
+    def ranked(alias: str) -> str:
         return (f"SELECT {', '.join(key)}, {side}, row_number() OVER (PARTITION BY {', '.join(key)} "
-                f"ORDER BY {side}) AS _n FROM {alias}_{v.name} WHERE spec_version = {spec_version} "
+                f"ORDER BY {latest_first()}) AS _n FROM {alias}_{v.name} WHERE spec_version = {spec_version} "
                 f"AND epoch_ms(event_time) BETWEEN {lo_ms} AND {hi_ms}")
+
+    def rows(alias: str) -> str:
+        return f"SELECT * FROM ({ranked(alias)}) WHERE _n = 1"
+
+    dupes = [con.execute(f"SELECT count(*) FROM ({ranked(a)}) WHERE _n > 1").fetchone()[0] for a in ("s", "b")]
 
     diffs = [f's."{n}" IS DISTINCT FROM b."{n}"' for n in names]
     on = " AND ".join(f"s.{k} = b.{k}" for k in [*key, "_n"])
@@ -65,7 +74,8 @@ def compare_view(store: OfflineStore, con, v: FeatureView, lo_ms: int | None, hi
         row["event_time"] = row["event_time"].isoformat()
     return {"view": v.name, "from": _iso(lo_ms), "to": _iso(hi_ms), "compared": int(compared),
             "mismatches": int(stream_only + backfill_only + values), "stream_only": int(stream_only),
-            "backfill_only": int(backfill_only), "value_mismatches": int(values), "examples": bad}
+            "backfill_only": int(backfill_only), "value_mismatches": int(values),
+            "stream_duplicates": int(dupes[0]), "backfill_duplicates": int(dupes[1]), "examples": bad}
 
 
 def parity(store: OfflineStore, views: Sequence[FeatureView], start: str | None = None, end: str | None = None,

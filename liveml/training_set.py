@@ -4,7 +4,9 @@ For every label (one per trip, at its decision time) the builder takes:
 
 - the request-time fields of the event the decision was made on (the trip's ``end`` event);
 - for each feature view, the latest feature row of the same entity with ``event_time <= decision_time``,
-  and NULL when that row is older than the view's TTL. Nothing after the decision time is ever used.
+  and NULL when that row is older than the view's TTL. Nothing after the decision time is ever used. Among
+  rows of one event time, the tie rule (``iceberg_schemas.features.LATEST_ORDER``) picks: the latest
+  ``computed_at``, then the greatest ``source_id``. So a build is a pure function of its pinned inputs.
 
 It runs in DuckDB: the label, context and feature tables are Parquet files planned by pyiceberg at pinned
 snapshots (feature files pruned to the months the labels can reach), joined with ``ASOF LEFT JOIN``.
@@ -40,7 +42,7 @@ import duckdb
 import pyarrow as pa
 from pyiceberg.io.pyarrow import schema_to_pyarrow
 
-from iceberg_schemas.features import SPEC_VERSION, FeatureView
+from iceberg_schemas.features import SPEC_VERSION, FeatureView, latest_first
 from iceberg_schemas.registry import ensure_table
 from iceberg_schemas.training import TIPS, TrainingSetSpec
 from liveml.offline import OfflineStore, QueryError, _iso_ms
@@ -69,23 +71,26 @@ def _inputs(spec: TrainingSetSpec, views: Sequence[FeatureView], source: str, la
 
 
 def resolve_snapshots(store: OfflineStore, inputs: Inputs, as_of_snapshot: int | None = None,
-                      snapshot_ids: Mapping[str, int] | None = None) -> dict[str, int | None]:
-    """The snapshot each input is read at.
+                      snapshot_ids: Mapping[str, int | None] | None = None) -> dict[str, int | None]:
+    """The snapshot each input is read at; ``None`` means the table had no commit yet at the pin, and is
+    read as empty, never as its current data.
 
-    ``snapshot_ids`` pins each table exactly (a recorded lineage). ``as_of_snapshot`` pins the label table,
-    and every other input is read as it stood while that label snapshot was current (just before the label
-    table's next commit; now, if it still is current). Otherwise: current.
+    ``snapshot_ids`` pins each table exactly (a recorded lineage, whose ``null`` is such an empty pin).
+    ``as_of_snapshot`` pins the label table, and every other input is read as it stood while that label
+    snapshot was current (just before the label table's next commit; now, if it still is current): a
+    table whose first commit came later is empty at that pin. Otherwise: current.
     """
     if snapshot_ids:
         missing = [t for t in inputs.all() if t not in snapshot_ids]
         if missing:
             raise QueryError(f"snapshot_ids lacks {missing}; it must name every input: {inputs.all()}")
-        return {t: store.resolve_snapshot(store.table(t), snapshot_ids[t]) for t in inputs.all()}
+        return {t: None if snapshot_ids[t] is None else store.resolve_snapshot(store.table(t), snapshot_ids[t])
+                for t in inputs.all()}
     labels = store.table(inputs.label_table)
     label_snap = store.resolve_snapshot(labels, as_of_snapshot)
     out: dict[str, int | None] = {inputs.label_table: label_snap}
     at_ms = None
-    if as_of_snapshot and label_snap:  # the world while that label snapshot was the current one
+    if as_of_snapshot is not None:  # the world while that label snapshot was the current one
         later = [e.timestamp_ms for e in labels.metadata.snapshot_log
                  if e.timestamp_ms > labels.snapshot_by_id(label_snap).timestamp_ms]
         at_ms = min(later) - 1 if later else None
@@ -280,9 +285,12 @@ def _slice_views(store: OfflineStore, con, spec: TrainingSetSpec, views: Sequenc
         table = inputs.feature_tables[v.name]
         store.register(con, table, snaps[table], view=f"_{v.name}_{i}",
                        where=f"event_time >= '{f_lo}' and event_time <= '{b.isoformat()}'")
+        # one row per (entity, event time), chosen by the tie rule: the ASOF join's pick among equal times
+        # would otherwise depend on read order, and rebuilds from one lineage could differ
         con.execute(f'CREATE OR REPLACE VIEW f_{v.name} AS SELECT * FROM "_{v.name}_{i}" '
                     f"WHERE spec_version IN ({int(spec_version)}) AND event_time >= '{f_lo}' "
-                    f"AND event_time <= '{b.isoformat()}'")
+                    f"AND event_time <= '{b.isoformat()}' "
+                    f'QUALIFY row_number() OVER (PARTITION BY "{v.entity}", event_time ORDER BY {latest_first()}) = 1')
 
 
 def _output_table(store: OfflineStore, spec: TrainingSetSpec, name: str | None) -> str:

@@ -59,5 +59,29 @@ def check_replay_converges(store) -> None:
     assert store.get(V, [13], now_ms=7 * H + 20_000)[0].values["trips_count_1h"] == 19
 
 
-CHECKS = [check_roundtrip, check_older_never_overwrites, check_a_batch_coalesces_to_the_latest,
+def check_ties_follow_the_tie_rule(store) -> None:
+    """Issue 13's item 3 online: rows of one event time, computed one after another with values 1, 2, 3.
+    The latest computed_at wins in whatever order or batches they arrive; then the greatest source id."""
+    t = 6 * H
+    rows = [(14, t, vals(k, float(k)), t + 10 * k, f"s{k}") for k in (1, 2, 3)]
+    for order in ([0, 1, 2], [2, 1, 0], [1, 2, 0]):
+        key = 14 + 100 * order[0] + 10 * order[1] + order[2]
+        for i in order:  # one row per write: the stored row decides
+            store.write(V, [(key, *rows[i][1:])])
+        assert store.get(V, [key], now_ms=t)[0].values["trips_count_1h"] == 3, order
+        store.write(V, [(key + 1000, *rows[i][1:]) for i in order])  # one batch: coalesced by the same rule
+        assert store.get(V, [key + 1000], now_ms=t)[0].values["trips_count_1h"] == 3, order
+    # equal event time and computed_at: the greatest source id, in either order
+    store.write(V, [(15, t, vals(8, 8.0), t, "trip-b")])
+    assert store.write(V, [(15, t, vals(7, 7.0), t, "trip-a")]) == 0
+    store.write(V, [(16, t, vals(7, 7.0), t, "trip-a")])
+    assert store.write(V, [(16, t, vals(8, 8.0), t, "trip-b")]) == 1
+    assert [r.values["trips_count_1h"] for r in store.get(V, [15, 16], now_ms=t)] == [8, 8]
+    # an earlier computed_at never overwrites, even written later (a backfill load under a live stream)
+    store.write(V, [(17, t, vals(3, 3.0), t + 30, "s3")])
+    assert store.write(V, [(17, t, vals(0, 0.0), t + 5, "s9")]) == 0
+    assert store.get(V, [17], now_ms=t)[0].values["trips_count_1h"] == 3
+
+
+CHECKS = [check_roundtrip, check_ties_follow_the_tie_rule, check_older_never_overwrites, check_a_batch_coalesces_to_the_latest,
           check_ttl_is_enforced_at_read, check_missing_and_not_yet_known, check_replay_converges]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Mapping, Protocol, Sequence
+from typing import Any, Iterable, Mapping, NamedTuple, Protocol, Sequence
 
 from iceberg_schemas.features import FeatureView
 
@@ -23,17 +23,36 @@ class EntityRow:
         return dict(self.__dict__)
 
 
-def coalesce_latest(rows: Iterable[tuple[Any, int, Mapping[str, Any]]]) -> dict[str, tuple[int, Mapping[str, Any]]]:
-    """Keep, per entity, the row with the greatest event time (the last one on ties).
+class Latest(NamedTuple):
+    """One entity's row to write, with the tie rule's order key (``LATEST_ORDER``)."""
 
-    Writes are idempotent by event time, so writing only these is the same as writing them all.
+    event_ms: int
+    computed_ms: int
+    source_id: str
+    values: Mapping[str, Any]
+
+    @property
+    def order(self) -> tuple[int, int, str]:
+        return (self.event_ms, self.computed_ms, self.source_id)
+
+
+def coalesce_latest(rows: Iterable[Sequence[Any]], write_time_ms: int) -> dict[str, Latest]:
+    """Keep, per entity, its latest row by the tie rule (``iceberg_schemas.features.LATEST_ORDER``): the
+    greatest ``(event_time, computed_at, source_id)``.
+
+    A row is ``(entity, event_time_ms, values)`` or ``(entity, event_time_ms, values, computed_at_ms,
+    source_id)``; without the last two it was computed at ``write_time_ms`` and has source id ``""``.
+    Stores apply the same order against what they hold, so writing only these is the same as writing all.
     """
-    latest: dict[str, tuple[int, Mapping[str, Any]]] = {}
-    for entity, event_time_ms, values in rows:
-        key = str(entity)
-        cur = latest.get(key)
-        if cur is None or event_time_ms >= cur[0]:
-            latest[key] = (int(event_time_ms), values)
+    latest: dict[str, Latest] = {}
+    for row in rows:
+        entity, event_ms, values = row[0], row[1], row[2]
+        computed = int(row[3]) if len(row) > 3 and row[3] is not None else int(write_time_ms)
+        source = str(row[4]) if len(row) > 4 and row[4] is not None else ""
+        cand = Latest(int(event_ms), computed, source, values)
+        cur = latest.get(str(entity))
+        if cur is None or cand.order >= cur.order:
+            latest[str(entity)] = cand
     return latest
 
 
@@ -59,7 +78,8 @@ def to_row(view: FeatureView, entity: str, stored: Mapping[str, Any] | None, now
 class OnlineStore(Protocol):
     def write(self, view: FeatureView, rows: Sequence[tuple[Any, int, Mapping[str, Any]]],
               write_time_ms: int | None = None) -> int:
-        """Upsert ``(entity, event_time_ms, values)`` rows; returns how many entities were updated."""
+        """Upsert ``(entity, event_time_ms, values[, computed_at_ms, source_id])`` rows, each entity keeping
+        its latest row by the tie rule (:func:`coalesce_latest`); returns how many entities were updated."""
 
     def get(self, view: FeatureView, entities: Sequence[Any], now_ms: int | None = None) -> list[EntityRow]:
         """The latest values of ``entities``; expired (by event time and the view's TTL) read as expired."""

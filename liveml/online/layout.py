@@ -7,6 +7,8 @@ from iceberg_schemas.features import SPEC_VERSION
 PREFIX = "liveml"
 EVENT_TIME = "__event_time"
 WRITE_TIME = "__write_time"
+COMPUTED_AT = "__computed_at"  # with EVENT_TIME and SOURCE_ID: the tie rule's order key
+SOURCE_ID = "__source_id"
 
 
 def entity_key(view: str, entity: object, spec_version: int = SPEC_VERSION) -> str:

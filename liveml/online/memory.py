@@ -6,7 +6,7 @@ from typing import Any, Mapping, Sequence
 
 from iceberg_schemas.features import FeatureView
 from liveml.online.base import EntityRow, coalesce_latest, to_row, wall_ms
-from liveml.online.layout import entity_key
+from liveml.online.layout import COMPUTED_AT, EVENT_TIME, SOURCE_ID, WRITE_TIME, entity_key
 
 
 class InMemoryOnlineStore:
@@ -17,13 +17,13 @@ class InMemoryOnlineStore:
               write_time_ms: int | None = None) -> int:
         written = 0
         wt = write_time_ms or wall_ms()
-        for entity, (event_ms, values) in coalesce_latest(rows).items():
+        for entity, row in coalesce_latest(rows, wt).items():
             key = entity_key(view.name, entity)
             cur = self.data.get(key)
-            if cur is not None and int(cur["__event_time"]) > event_ms:
+            if cur is not None and (int(cur[EVENT_TIME]), int(cur[COMPUTED_AT]), cur[SOURCE_ID]) > row.order:
                 continue
-            self.data[key] = {**{k: str(v) for k, v in values.items()}, "__event_time": event_ms,
-                              "__write_time": wt}
+            self.data[key] = {**{k: str(v) for k, v in row.values.items()}, EVENT_TIME: row.event_ms,
+                              WRITE_TIME: wt, COMPUTED_AT: row.computed_ms, SOURCE_ID: row.source_id}
             written += 1
         return written
 

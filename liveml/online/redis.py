@@ -9,14 +9,24 @@ import redis
 from iceberg_schemas.features import FeatureView
 from liveml.errors import ServiceError
 from liveml.online.base import EntityRow, coalesce_latest, to_row, wall_ms
-from liveml.online.layout import EVENT_TIME, WRITE_TIME, entity_key
+from liveml.online.layout import COMPUTED_AT, EVENT_TIME, SOURCE_ID, WRITE_TIME, entity_key
 
-# KEYS[1] entity hash; ARGV: event_time_ms, write_time_ms, ttl_ms, then field/value pairs.
-# An older event time never overwrites a newer one, so replays and restarts converge.
+# KEYS[1] entity hash; ARGV: event_time_ms, write_time_ms, ttl_ms, computed_at_ms, source_id, then field/value
+# pairs. The tie rule (LATEST_ORDER): a row whose (event time, computed at, source id) is smaller than the
+# stored one's never overwrites it, so replays and restarts converge, and on the same row as the offline store.
 UPSERT_IF_NEWER = f"""
-local cur = redis.call('HGET', KEYS[1], '{EVENT_TIME}')
-if cur and tonumber(cur) > tonumber(ARGV[1]) then return 0 end
-redis.call('HSET', KEYS[1], '{EVENT_TIME}', ARGV[1], '{WRITE_TIME}', ARGV[2], unpack(ARGV, 4))
+local cur = redis.call('HMGET', KEYS[1], '{EVENT_TIME}', '{COMPUTED_AT}', '{SOURCE_ID}')
+if cur[1] then
+  local ce, ne = tonumber(cur[1]), tonumber(ARGV[1])
+  if ce > ne then return 0 end
+  if ce == ne then
+    local cc, nc = tonumber(cur[2] or '0'), tonumber(ARGV[4])
+    if cc > nc then return 0 end
+    if cc == nc and (cur[3] or '') > ARGV[5] then return 0 end
+  end
+end
+redis.call('HSET', KEYS[1], '{EVENT_TIME}', ARGV[1], '{WRITE_TIME}', ARGV[2], '{COMPUTED_AT}', ARGV[4],
+           '{SOURCE_ID}', ARGV[5], unpack(ARGV, 6))
 redis.call('PEXPIRE', KEYS[1], ARGV[3])
 return 1
 """
@@ -40,16 +50,16 @@ class RedisOnlineStore:
 
     def write(self, view: FeatureView, rows: Sequence[tuple[Any, int, Mapping[str, Any]]],
               write_time_ms: int | None = None) -> int:
-        latest = coalesce_latest(rows)
+        wt = write_time_ms or wall_ms()
+        latest = coalesce_latest(rows, wt)
         if not latest:
             return 0
-        wt = write_time_ms or wall_ms()
         # keep the key a while past the TTL, so a read can still say "expired" rather than "missing"
         ttl_ms = view.ttl_s * 1000 * 2
         pipe = self.client.pipeline(transaction=False)
-        for entity, (event_ms, values) in latest.items():
-            args: list[Any] = [event_ms, wt, ttl_ms]
-            for name, value in values.items():
+        for entity, row in latest.items():
+            args: list[Any] = [row.event_ms, wt, ttl_ms, row.computed_ms, row.source_id]
+            for name, value in row.values.items():
                 args += [name, "" if value is None else repr(float(value))]
             self._upsert(keys=[entity_key(view.name, entity)], args=args, client=pipe)
         return int(sum(pipe.execute()))
