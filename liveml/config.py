@@ -1,7 +1,8 @@
 """One typed place for the platform's configuration.
 
 The effective config is layered the way pyiceberg layers its own: the YAML file (``liveml.yaml``, or the
-path in ``LIVEML_CONFIG``), then ``LIVEML_*`` environment variables, then explicit arguments, which win.
+path in ``LIVEML_CONFIG``), then ``LIVEML_<SECTION>__<FIELD>`` environment variables (and ``LIVEML_HOME``),
+then explicit arguments, which win; any other ``LIVEML_*`` variable is not the config's and is ignored.
 ``${VAR}`` inside the YAML is expanded from the environment so secrets never live in the repository.
 Every validation error names the file and the dotted field that is wrong.
 """
@@ -21,8 +22,16 @@ from liveml.errors import ConfigError
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_FILE = "liveml.yaml"
+CONFIG_FILE_ENV = "LIVEML_CONFIG"  # which file; not an override
 ENV_PREFIX = "LIVEML_"
 ENV_NESTING = "__"
+# The environment addresses the config by one rule (README, "Config"):
+# - LIVEML_<SECTION>__<FIELD> (the nesting delimiter in the name) overrides a field of a declared section,
+#   and must name one: a typo in the section or the field fails at start-up, naming the variable;
+# - a name without the delimiter is never an override, except the top-level fields listed here;
+# - every other LIVEML_* variable (LIVEML_CONFIG, LIVEML_PROC_MARK, LIVEML_NO_APT, LIVEML_TF_SERVING_*, ...)
+#   belongs to someone else and is ignored, so the project's own variables never break loading.
+TOP_LEVEL_ENV = {"LIVEML_HOME": "home", "LIVEML_JARS_DIR": "jars_dir"}
 _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
 
@@ -265,20 +274,36 @@ def expand_vars(text: str, env: Mapping[str, str], source: str) -> str:
     return _VAR.sub(repl, text)
 
 
+def sections() -> tuple[str, ...]:
+    """The config's sections (``kafka``, ``redis``, ...): what ``LIVEML_<SECTION>__<FIELD>`` may name."""
+    return tuple(name for name, f in LivemlConfig.model_fields.items()
+                 if isinstance(f.annotation, type) and issubclass(f.annotation, _Section))
+
+
+def is_override(name: str) -> bool:
+    """Whether the environment variable ``name`` addresses the config (see :data:`TOP_LEVEL_ENV`)."""
+    return name in TOP_LEVEL_ENV or (name.startswith(ENV_PREFIX) and ENV_NESTING in name[len(ENV_PREFIX):])
+
+
 def env_overrides(env: Mapping[str, str]) -> dict[str, Any]:
-    """``LIVEML_KAFKA__BOOTSTRAP_SERVERS=h:1`` becomes ``{"kafka": {"bootstrap_servers": "h:1"}}``."""
+    """``LIVEML_KAFKA__BOOTSTRAP_SERVERS=h:1`` becomes ``{"kafka": {"bootstrap_servers": "h:1"}}``;
+    ``LIVEML_HOME=/x`` becomes ``{"home": "/x"}``; a LIVEML_* name that is not an override is ignored."""
     out: dict[str, Any] = {}
-    for key, value in env.items():
-        if not key.startswith(ENV_PREFIX) or key == "LIVEML_CONFIG":
+    known = sections()
+    for key, value in sorted(env.items()):
+        if not is_override(key):
             continue
-        parts = key[len(ENV_PREFIX):].lower().split(ENV_NESTING)
-        node = out
-        for part in parts[:-1]:
-            node = node.setdefault(part, {})
-            if not isinstance(node, dict):
-                break
-        else:
-            node[parts[-1]] = value
+        if key in TOP_LEVEL_ENV:
+            out[TOP_LEVEL_ENV[key]] = value
+            continue
+        section, *fields = key[len(ENV_PREFIX):].lower().split(ENV_NESTING)
+        if section not in known or len(fields) != 1 or not fields[0]:
+            what = (f"'{section}' is not a config section" if section not in known
+                    else f"'{ENV_NESTING.join(fields)}' is not one field name")
+            raise ConfigError(f"environment variable {key}: a LIVEML_ name with '{ENV_NESTING}' overrides a config "
+                              f"field, as {ENV_PREFIX}<SECTION>{ENV_NESTING}<FIELD>, and {what} (sections: "
+                              f"{', '.join(known)}); unset it, or fix the name")
+        out.setdefault(section, {})[fields[0]] = value
     return out
 
 
@@ -295,8 +320,8 @@ def deep_merge(base: dict[str, Any], override: Mapping[str, Any]) -> dict[str, A
 def find_config_file(explicit: str | os.PathLike[str] | None, env: Mapping[str, str]) -> Path | None:
     if explicit:
         return Path(explicit)
-    if env.get("LIVEML_CONFIG"):
-        return Path(env["LIVEML_CONFIG"])
+    if env.get(CONFIG_FILE_ENV):
+        return Path(env[CONFIG_FILE_ENV])
     for candidate in (Path.cwd() / DEFAULT_FILE, REPO_ROOT / DEFAULT_FILE):
         if candidate.is_file():
             return candidate
@@ -344,7 +369,7 @@ def load_config(path: str | os.PathLike[str] | None = None, overrides: Mapping[s
 
 def _origin(field: str, env: Mapping[str, str]) -> str:
     var = ENV_PREFIX + field.upper().replace(".", ENV_NESTING)
-    if var in env:
+    if var in env and is_override(var):
         return f" (from environment variable {var})"
     return ""
 

@@ -44,10 +44,21 @@ def write_test_config(home: Path, ports: dict | None = None) -> Path:
     return path
 
 
+def env_without_config(*prefixes: str) -> dict[str, str]:
+    """This process's environment minus what selects or overrides a config (LIVEML_CONFIG, LIVEML_HOME,
+    LIVEML_<SECTION>__<FIELD>) and any ``prefixes``, so a developer's settings cannot reach a test's stack.
+    The project's other LIVEML_* variables stay (LIVEML_PROC_MARK, LIVEML_NO_APT, LIVEML_TF_SERVING_*):
+    the commands under test must run with them set, as they do in the stack's own processes."""
+    from liveml.config import CONFIG_FILE_ENV, is_override
+
+    return {k: v for k, v in os.environ.items()
+            if not (is_override(k) or k == CONFIG_FILE_ENV or (prefixes and k.startswith(prefixes)))}
+
+
 def run_cli(config: Path | None, *args: str, check: bool = True, timeout: float = 600,
             env: dict | None = None) -> subprocess.CompletedProcess:
     cmd = [LIVEML] + (["--config", str(config)] if config else []) + list(args)
-    full_env = {k: v for k, v in os.environ.items() if not k.startswith("LIVEML_")}
+    full_env = env_without_config()
     full_env.update(env or {})
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=full_env, cwd=REPO)
     if check and proc.returncode != 0:
@@ -62,7 +73,7 @@ def plain_flink_run(flink_port: int, job_file: str, config: Path, *job_args: str
     py = sys.executable
     cmd = [str(flink_home() / "bin" / "flink"), "run", "-m", f"localhost:{flink_port}", "-d",
            "-py", job_file, "-pyexec", py, "-pyclientexec", py, "--config", str(config), *job_args]
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("LIVEML_", "FLINK_"))}
+    env = env_without_config("FLINK_")
     proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, env=env, timeout=300)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return next(line.split()[-1] for line in (proc.stdout + proc.stderr).splitlines() if "JobID" in line)

@@ -7,7 +7,6 @@ database), then the commands its summary prints are run as printed.
 from __future__ import annotations
 
 import json
-import os
 import shlex
 import subprocess
 import sys
@@ -18,7 +17,7 @@ import pytest
 from liveml.config import load_config
 from liveml.demo import HISTORY_QUICK_TRIPS
 from liveml.tenant import write_tenant_config
-from tests.conftest import REPO, cli_json, run_cli
+from tests.conftest import REPO, cli_json, env_without_config, run_cli
 
 pytestmark = pytest.mark.e2e
 
@@ -66,7 +65,7 @@ def test_quick_demo_serves_a_promoted_version_with_live_predictions(quick):
 
 def test_the_commands_the_demo_prints_work_as_printed(quick):
     tenant, proc, result = quick
-    env = {k: v for k, v in os.environ.items() if not k.startswith("LIVEML_")}
+    env = env_without_config()
     env["PATH"] = f"{Path(sys.executable).parent}:{env['PATH']}"
     for what in ("query", "predict", "features"):
         cmd = result["where"][what]

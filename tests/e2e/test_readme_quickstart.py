@@ -6,7 +6,6 @@ stack. Each line must succeed; at the end the live trips have predictions from t
 
 from __future__ import annotations
 
-import os
 import re
 import subprocess
 import sys
@@ -16,7 +15,7 @@ import pytest
 
 from liveml.config import load_config
 from liveml.tenant import write_tenant_config
-from tests.conftest import REPO, cli_json, run_cli
+from tests.conftest import REPO, cli_json, env_without_config, run_cli
 
 pytestmark = pytest.mark.e2e
 
@@ -41,7 +40,7 @@ def test_the_quickstart_block_is_found_and_in_the_demos_order():
 
 def test_the_readme_quickstart_runs_as_written(stack_config):
     tenant = write_tenant_config(load_config(stack_config, env={}), "quickstart", 9)
-    env = {k: v for k, v in os.environ.items() if not k.startswith("LIVEML_")}
+    env = env_without_config()
     env["PATH"] = f"{Path(sys.executable).parent}:{env['PATH']}"
     env["LIVEML_CONFIG"] = str(tenant)
     before = {j["id"] for j in cli_json(stack_config, "jobs")}

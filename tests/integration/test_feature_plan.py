@@ -7,7 +7,6 @@ from 5.3k to 14.8k events/s when each field came to be read once (bench/feature_
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 from collections import Counter
@@ -16,7 +15,7 @@ import pytest
 
 from iceberg_schemas.features import FEATURE_VIEWS
 from iceberg_schemas.sources import SOURCES
-from tests.conftest import REPO
+from tests.conftest import REPO, env_without_config
 from tests.integration.test_features_job import make_tenant
 
 pytestmark = pytest.mark.integration
@@ -25,7 +24,7 @@ pytestmark = pytest.mark.integration
 @pytest.fixture(scope="module")
 def plan(stack_config) -> str:
     tenant = make_tenant(stack_config, "plan", 1)
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("LIVEML_", "FLINK_"))}
+    env = env_without_config("FLINK_")
     proc = subprocess.run([sys.executable, "-m", "flink_jobs.features_job", "--explain", "--config", str(tenant)],
                           cwd=REPO, capture_output=True, text=True, env=env, timeout=300)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]

@@ -61,6 +61,28 @@ def test_flink_python_executable_is_the_venv(cfg, stack_config):
     assert conf["metrics.reporter.prom.factory.class"].endswith("PrometheusReporterFactory")
 
 
+def test_the_config_loads_under_the_environment_of_a_stack_process(stack_config):
+    """Every process the stack starts carries LIVEML_PROC_MARK, and Flink's also LIVEML_HOME, LIVEML_CONFIG
+    and FLINK_*; a job's client and its Python workers load the config in exactly that environment."""
+    import subprocess
+
+    from liveml.stack.process import MARK
+    from tests.conftest import LIVEML
+
+    from liveml.stack.flink_cluster import FlinkService
+
+    cfg = load_config(stack_config, env={})
+    home = str(cfg.home_path)
+    env = psutil.Process(FlinkService(cfg).taskmanager_java_pids()[0]).environ()
+    assert env[MARK].startswith(home) and env["LIVEML_HOME"] == home
+    proc = subprocess.run([LIVEML, "config", "--json"], env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["home"] == home
+    proc = subprocess.run([LIVEML, "config", "--json"], env={**env, "LIVEML_NO_APT": "1",
+                          "LIVEML_TF_SERVING_ADDRESS": "localhost:8500"}, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+
+
 def test_port_taken_by_a_stranger_is_named(stack_config):
     cli_json(stack_config, "down", "redis")
     with socket.socket() as s:

@@ -93,9 +93,9 @@ def test_missing_explicit_file_is_an_error(tmp_path):
         load_config(tmp_path / "nope.yaml", env={})
 
 
-def test_env_overrides_nest_on_double_underscore():
-    assert env_overrides({"LIVEML_A__B__C": "1", "LIVEML_HOME": "/x", "OTHER": "2", "LIVEML_CONFIG": "f"}) == {
-        "a": {"b": {"c": "1"}}, "home": "/x"}
+def test_env_overrides_are_section_double_underscore_field_and_the_top_level_list():
+    assert env_overrides({"LIVEML_KAFKA__HEAP": "1g", "LIVEML_HOME": "/x", "OTHER": "2", "LIVEML_CONFIG": "f",
+                          "LIVEML_PROC_MARK": "/p", "LIVEML_NO_APT": "1"}) == {"kafka": {"heap": "1g"}, "home": "/x"}
 
 
 def test_catalog_properties_open_with_plain_pyiceberg(tmp_path):
