@@ -268,12 +268,8 @@ def _batches(reader):
 def _slice_views(store: OfflineStore, con, spec: TrainingSetSpec, views: Sequence[FeatureView], inputs: Inputs,
                  snaps: Mapping[str, int | None], a, b, spec_version: int, i: int) -> None:
     """Point ``context`` and ``f_<view>`` at the rows labels in ``[a, b]`` can reach: files pruned by
-    pyiceberg, rows filtered by DuckDB inside the Parquet scan.
-
-    Only the time range may be pushed into the scan, so other filters on these views are written ``IN (...)``,
-    which DuckDB 0.10.3 keeps out of it: its Arrow scan (how the offline store reads an empty table, or one
-    with delete files) fails with "DatetimeType not recognized in ConvertTimestampUnit" when a timestamptz
-    comparison is pushed down together with a comparison on another column."""
+    pyiceberg, rows filtered by DuckDB inside the Parquet scan. A pin of ``None`` (no commit yet) and a
+    range no file survives pruning for are both empty relations (:meth:`OfflineStore.register`)."""
     t = spec.context_source.time_field
     c_lo = (a - CONTEXT_MARGIN).isoformat()
     store.register(con, inputs.context_table, snaps[inputs.context_table],
