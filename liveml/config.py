@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import os
 import re
+import secrets
 from pathlib import Path
-from typing import Any, Literal, Mapping
+from typing import Any, Callable, Literal, Mapping
 from urllib.parse import urlparse
 
 import yaml
@@ -32,7 +33,8 @@ ENV_NESTING = "__"
 # - every other LIVEML_* variable (LIVEML_CONFIG, LIVEML_PROC_MARK, LIVEML_NO_APT, LIVEML_TF_SERVING_*, ...)
 #   belongs to someone else and is ignored, so the project's own variables never break loading.
 TOP_LEVEL_ENV = {"LIVEML_HOME": "home", "LIVEML_JARS_DIR": "jars_dir"}
-_VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+_VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}\n]*))?\}")
+_STR_TAG = "tag:yaml.org,2002:str"
 
 
 class _Section(BaseModel):
@@ -258,20 +260,87 @@ def _under(base: Path, value: str) -> Path:
 
 
 # --- loading -------------------------------------------------------------------------------------------
-def expand_vars(text: str, env: Mapping[str, str], source: str) -> str:
-    """Expand ``${VAR}`` and ``${VAR:-default}``; an unset variable without default is an error."""
+def read_yaml(text: str, env: Mapping[str, str], source: str) -> Any:
+    """Parse ``text`` as YAML, then expand ``${VAR}`` and ``${VAR:-default}`` inside its string values.
 
+    Expansion comes after parsing and touches values only: a reference in a comment or a key stays as
+    written, and an expanded value is one string whatever it holds (``: ``, ``#``, ``{``). While the text is
+    parsed, each reference stands as a plain placeholder word, so ``{grpc: ${GRPC}}`` parses as it reads. An
+    unset variable without a default is an error naming the file, the line and the field."""
+    refs: list[str] = []
+
+    def hold(m: re.Match[str]) -> str:
+        refs.append(m.group(0))
+        return f"{word}{len(refs) - 1}Z"
+
+    word = f"LIVEMLREF{secrets.token_hex(6)}N"  # letters and digits only: plain in any YAML context
+    placeholder = re.compile(word + r"(\d+)Z")
+
+    def restore(value: str) -> str:
+        return placeholder.sub(lambda m: refs[int(m.group(1))], value)
+
+    text = _VAR.sub(hold, text)
+    loader = yaml.SafeLoader(text)
+    try:
+        try:
+            root = loader.get_single_node()
+            if root is None:
+                return None
+            _expand_node(root, (), env, source, restore, set())
+            return loader.construct_document(root)
+        except yaml.YAMLError as exc:
+            raise ConfigError(_yaml_problem(exc, text, source, restore)) from None
+    finally:
+        loader.dispose()
+
+
+def _expand_node(node: yaml.Node, path: tuple[str, ...], env: Mapping[str, str], source: str,
+                 restore: Callable[[str], str], seen: set[int]) -> None:
+    if id(node) in seen:  # an alias: the anchored node is expanded once
+        return
+    seen.add(id(node))
+    if isinstance(node, yaml.ScalarNode):
+        node.value = restore(node.value)
+        if node.tag == _STR_TAG and path:  # a string value; never a key (keys are restored, not walked here)
+            node.value = _expand_value(node, ".".join(path), env, source)
+    elif isinstance(node, yaml.SequenceNode):
+        for i, item in enumerate(node.value):
+            _expand_node(item, (*path, str(i)), env, source, restore, seen)
+    elif isinstance(node, yaml.MappingNode):
+        for key, value in node.value:
+            if isinstance(key, yaml.ScalarNode):
+                key.value = restore(key.value)
+            name = key.value if isinstance(key, yaml.ScalarNode) else "?"
+            _expand_node(value, (*path, name), env, source, restore, seen)
+
+
+def _expand_value(node: yaml.ScalarNode, field: str, env: Mapping[str, str], source: str) -> str:
     def repl(m: re.Match[str]) -> str:
         name, default = m.group(1), m.group(2)
         if name in env:
             return env[name]
         if default is not None:
             return default
-        line = text.count("\n", 0, m.start()) + 1
-        raise ConfigError(f"{source}:{line}: ${{{name}}} is not set; export {name} or give a default "
-                          f"as ${{{name}:-value}}")
+        line = node.start_mark.line + 1
+        if node.style == "|":  # a literal block keeps its lines: count down to the reference
+            line += 1 + node.value.count("\n", 0, m.start())
+        raise ConfigError(f"{source}:{line}: field '{field}': ${{{name}}} is not set; export {name} or give a "
+                          f"default as ${{{name}:-value}}")
 
-    return _VAR.sub(repl, text)
+    return _VAR.sub(repl, node.value)
+
+
+def _yaml_problem(exc: yaml.YAMLError, held: str, source: str, restore: Callable[[str], str]) -> str:
+    """The parser's complaint, at the line and column of the file as written (not of the placeholders)."""
+    mark = getattr(exc, "problem_mark", None)
+    where, hint = "", ""
+    if mark is not None:
+        lines = held.splitlines()
+        line = lines[mark.line] if mark.line < len(lines) else ""
+        where = f":{mark.line + 1}:{len(restore(line[:mark.column])) + 1}"
+        if "${" in line:
+            hint = " (a reference is ${NAME} or ${NAME:-default}, NAME of letters, digits and _)"
+    return f"{source}{where}: not valid YAML: {restore(str(getattr(exc, 'problem', None) or exc))}{hint}"
 
 
 def sections() -> tuple[str, ...]:
@@ -339,13 +408,7 @@ def load_config(path: str | os.PathLike[str] | None = None, overrides: Mapping[s
         source = str(file)
         if not file.is_file():
             raise ConfigError(f"{file}: config file not found (set LIVEML_CONFIG or pass --config)")
-        text = expand_vars(file.read_text(), env, source)
-        try:
-            loaded = yaml.safe_load(text)
-        except yaml.YAMLError as exc:
-            mark = getattr(exc, "problem_mark", None)
-            where = f":{mark.line + 1}:{mark.column + 1}" if mark else ""
-            raise ConfigError(f"{file}{where}: not valid YAML: {getattr(exc, 'problem', exc)}") from None
+        loaded = read_yaml(file.read_text(), env, source)
         if loaded is None:
             loaded = {}
         if not isinstance(loaded, dict):
