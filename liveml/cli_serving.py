@@ -102,7 +102,7 @@ def missing_as_the_model_reads_it(features: dict[str, Any]) -> dict[str, Any]:
 
 # --- models: versions on disk, what serves, labels ------------------------------------------------------
 def _history_path(cfg: LivemlConfig) -> Path:
-    return cfg.path("serving", "label_history.json")
+    return cfg.home_file("serving", "label_history.json")
 
 
 def _load_history(cfg: LivemlConfig) -> dict[str, list[int]]:

@@ -49,8 +49,8 @@ def train(ctx, snapshot_id, training_table, train_steps, auc_floor, as_json) -> 
     snap = store.resolve_snapshot(store.table(training_table), snapshot_id)
     if snap is None:
         raise LivemlError(f"{training_table} is empty: run `liveml training-set build` first")
-    home = cfg.path("tfx")
-    serving_dir = cfg.model_base_path / cfg.serving.model_name
+    home = cfg.home_dir("tfx")
+    serving_dir = cfg.home_dir(cfg.serving.model_base_path, cfg.serving.model_name)
     started = time.monotonic()
     done = threading.Event()
 

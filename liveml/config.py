@@ -193,24 +193,38 @@ class LivemlConfig(_Section):
     source: str | None = Field(None, description="the YAML file this config came from, if any")
 
     # --- derived paths -------------------------------------------------------------------------------
+    # Everything the platform writes lives under ``home`` (LIVEML_HOME), and a fresh home is empty: a path
+    # under it is made when it is first needed, by made_dir, reached through home_dir and home_file.
     @property
     def home_path(self) -> Path:
         return _under(REPO_ROOT, self.home)
 
-    def path(self, *parts: str) -> Path:
-        return self.home_path.joinpath(*parts)
+    def path(self, *parts: str | os.PathLike[str]) -> Path:
+        """``home/parts`` (an absolute part stands for itself), named only: for reading and for quoting.
+        To write there, name it with :meth:`home_file` or :meth:`home_dir`."""
+        return _under(self.home_path, os.fspath(Path(*parts))) if parts else self.home_path
+
+    def home_dir(self, *parts: str | os.PathLike[str]) -> Path:
+        """The directory ``home/parts``, made (with its parents) if it is missing."""
+        return made_dir(self.path(*parts))
+
+    def home_file(self, *parts: str | os.PathLike[str]) -> Path:
+        """The file ``home/parts``, its directory made if it is missing; the file itself is the caller's."""
+        path = self.path(*parts)
+        made_dir(path.parent)
+        return path
 
     @property
     def warehouse_path(self) -> Path:
-        return _under(self.home_path, self.catalog.warehouse)
+        return self.path(self.catalog.warehouse)
 
     @property
     def sqlite_path(self) -> Path:
-        return _under(self.home_path, self.catalog.sqlite_path)
+        return self.path(self.catalog.sqlite_path)
 
     @property
     def model_base_path(self) -> Path:
-        return _under(self.home_path, self.serving.model_base_path)
+        return self.path(self.serving.model_base_path)
 
     @property
     def jars_path(self) -> Path:
@@ -252,6 +266,15 @@ class LivemlConfig(_Section):
         data["catalog"]["flink_options"] = self.flink_catalog_options()
         data["catalog"]["warehouse"] = str(self.warehouse_path)
         return data
+
+
+def made_dir(path: str | os.PathLike[str]) -> Path:
+    """The one place a directory the platform writes into is made: with its parents, and no error when it
+    exists. Code names paths under the home through LivemlConfig.home_dir and home_file, which call this;
+    code handed a path by its caller (a log, a pid file) calls it directly before writing."""
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    return path
 
 
 def _under(base: Path, value: str) -> Path:

@@ -193,8 +193,7 @@ def _train(d: Demo) -> dict[str, Any]:
     if d.cfg.source:
         cmd += ["--config", str(d.cfg.source)]
     cmd += ["train", "--json", "--train-steps", str(d.settings.train_steps)]
-    log_path = d.cfg.path("logs", "demo-train.log")
-    log_path.parent.mkdir(parents=True, exist_ok=True)
+    log_path = d.cfg.home_file("logs", "demo-train.log")
     t0 = time.monotonic()
     with open(log_path, "w") as err:
         proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=err, text=True)
@@ -330,14 +329,14 @@ STEPS: list[Step] = [
     Step("stack", "the stack up, tables and topics created", step_stack,
          ("up", "up serving", "tables create"), "logs"),
     Step("jobs", "the feature and enrichment jobs on Flink", step_jobs, ("submit features", "submit enrich"),
-         "flink/log"),
+         "logs"),
     Step("history", "2013-2016 real trips replayed into Kafka, Iceberg and Redis", step_history,
-         ("replay --wait",), "flink/log"),
+         ("replay --wait",), "logs"),
     Step("training", "training set, TFX train, promote to stable", step_training,
          ("training-set build", "train", "models promote latest --label stable"), "logs/demo-train.log"),
     Step("live", "live trips enriched with predictions", step_live,
          ("replay --amplify {amplify} --trips-per-s {live_trips_per_s:g} --since 30m --speedup 1 "
-          "--for {live_seconds:.0f}s",), "flink/log"),
+          "--for {live_seconds:.0f}s",), "logs"),
 ]
 
 

@@ -108,19 +108,18 @@ def render_flink_conf(cfg: LivemlConfig, base: dict[str, Any]) -> dict[str, Any]
     for key, value in settings.items():
         _set(conf, key, value)
     for sub in ("checkpoints", "savepoints", "tmp", "pid"):
-        (home / sub).mkdir(parents=True, exist_ok=True)
+        cfg.home_dir("flink", sub)
     return conf
 
 
 def flink_env(cfg: LivemlConfig) -> dict[str, str]:
     env = dict(os.environ)
-    env["FLINK_CONF_DIR"] = str(cfg.path("flink", "conf"))
-    env["FLINK_LOG_DIR"] = str(cfg.path("logs"))
+    env["FLINK_CONF_DIR"] = str(cfg.home_dir("flink", "conf"))
+    env["FLINK_LOG_DIR"] = str(cfg.home_dir("logs"))
     env["PATH"] = f"{Path(python_executable()).parent}{os.pathsep}{env.get('PATH', '')}"
     env.setdefault("LIVEML_HOME", str(cfg.home_path))
     if cfg.source:  # the job's client process reads the same config as the command that submitted it
         env["LIVEML_CONFIG"] = cfg.source
-    cfg.path("logs").mkdir(parents=True, exist_ok=True)
     return env
 
 

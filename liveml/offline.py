@@ -34,7 +34,7 @@ from pyiceberg.io.pyarrow import schema_to_pyarrow
 from pyiceberg.schema import Schema
 from pyiceberg.table import DataScan, Table
 
-from liveml.config import LivemlConfig
+from liveml.config import LivemlConfig, made_dir
 from liveml.errors import LivemlError
 
 
@@ -107,7 +107,7 @@ class OfflineStore:
     def from_config(cls, cfg: LivemlConfig, memory_limit: str | None = None) -> "OfflineStore":
         from liveml.catalog import open_catalog
 
-        return cls(open_catalog(cfg), Path(cfg.home) / "tmp" / "duckdb", memory_limit)
+        return cls(open_catalog(cfg), cfg.home_dir("tmp", "duckdb"), memory_limit)
 
     # --- tables and snapshots ----------------------------------------------------------------------
     def table_names(self) -> list[str]:
@@ -237,7 +237,7 @@ class OfflineStore:
         if self.memory_limit:
             con.execute(f"SET memory_limit = '{self.memory_limit}'")
         if self.tmp_dir:
-            self.tmp_dir.mkdir(parents=True, exist_ok=True)
+            made_dir(self.tmp_dir)
             con.execute(f"SET temp_directory = '{self.tmp_dir}'")
         return con
 
@@ -295,7 +295,7 @@ class OfflineStore:
         folder = (self.tmp_dir or Path(tempfile.gettempdir()) / "liveml-duckdb") / "schemas"
         path = folder / f"{digest}.parquet"
         if not path.exists():
-            folder.mkdir(parents=True, exist_ok=True)
+            made_dir(folder)
             part = path.with_suffix(f".{os.getpid()}.tmp")
             pq.write_table(schema.empty_table(), part)
             os.replace(part, path)

@@ -23,8 +23,7 @@ def write_tenant_config(base: LivemlConfig, name: str, redis_db: int) -> Path:
     data["redis"]["url"] = f"{base.redis.url.rsplit('/', 1)[0]}/{redis_db}"
     data["catalog"].update({"backend": "sqlite", "sqlite_path": f"tenants/{name}/catalog.db",
                             "warehouse": f"tenants/{name}/warehouse"})
-    path = base.path("tenants", f"{name}.yaml")
-    path.parent.mkdir(parents=True, exist_ok=True)
+    path = base.home_file("tenants", f"{name}.yaml")
     path.write_text(yaml.safe_dump(data))
     return path
 
@@ -39,7 +38,7 @@ def create_tenant(base: LivemlConfig, name: str, redis_db: int) -> Path:
 
     path = write_tenant_config(base, name, redis_db)
     cfg = load_config(path, env={})
-    cfg.sqlite_path.parent.mkdir(parents=True, exist_ok=True)
+    cfg.home_file(cfg.catalog.sqlite_path)
     ensure_tables(open_catalog(cfg))
     ensure_topics(cfg)
     redis.Redis.from_url(cfg.redis.url).flushdb()

@@ -50,8 +50,7 @@ class PostgresService(Service):
         return ["setpriv", "--reuid=postgres", "--regid=postgres", "--init-groups", *cmd]
 
     def _start(self) -> subprocess.Popen:
-        root = self.cfg.path("postgres")
-        root.mkdir(parents=True, exist_ok=True)
+        root = self.cfg.home_dir("postgres")
         if os.geteuid() == 0:
             shutil.chown(root, "postgres", "postgres")
             probe = subprocess.run(self._as_owner(["test", "-w", str(root)]))
@@ -106,9 +105,9 @@ class CatalogService(Service):
         return self.cfg.catalog_properties()["uri"]
 
     def _start(self) -> None:
-        self.cfg.warehouse_path.mkdir(parents=True, exist_ok=True)
+        self.cfg.home_dir(self.cfg.catalog.warehouse)
         if self.cfg.catalog.backend == "sqlite":
-            self.cfg.sqlite_path.parent.mkdir(parents=True, exist_ok=True)
+            self.cfg.home_file(self.cfg.catalog.sqlite_path)
         from liveml.catalog import open_catalog
 
         open_catalog(self.cfg)  # creates pyiceberg's catalog tables, which Flink's JdbcCatalog reads (V0)

@@ -39,13 +39,13 @@ class FlinkService(Service):
 
     def write_conf(self) -> Path:
         home = flink_home()
-        self.conf_dir.mkdir(parents=True, exist_ok=True)
+        conf_dir = self.cfg.home_dir("flink", "conf")
         for item in (home / "conf").iterdir():  # log4j, logback, masters, workers: as shipped
             if item.is_file() and item.name != "config.yaml":
-                shutil.copy(item, self.conf_dir / item.name)
+                shutil.copy(item, conf_dir / item.name)
         conf = render_flink_conf(self.cfg, yaml.safe_load((home / "conf" / "config.yaml").read_text()))
-        (self.conf_dir / "config.yaml").write_text(yaml.safe_dump(conf, sort_keys=True))
-        return self.conf_dir
+        (conf_dir / "config.yaml").write_text(yaml.safe_dump(conf, sort_keys=True))
+        return conf_dir
 
     def _start(self) -> subprocess.Popen:
         java_binary()

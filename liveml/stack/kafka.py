@@ -64,8 +64,7 @@ class KafkaService(Service):
             # Flink's exactly-once Kafka sink keeps transactions open across checkpoints.
             "transaction.max.timeout.ms": "3600000",
         }
-        path = self.cfg.path("kafka", "server.properties")
-        path.parent.mkdir(parents=True, exist_ok=True)
+        path = self.cfg.home_file("kafka", "server.properties")
         path.write_text("".join(f"{key}={value}\n" for key, value in props.items()))
         return path
 
@@ -77,7 +76,7 @@ class KafkaService(Service):
     def _start(self) -> subprocess.Popen:
         props = self._properties()
         if not (self.data_dir / "meta.properties").exists():
-            self.data_dir.mkdir(parents=True, exist_ok=True)
+            self.cfg.home_dir("kafka", "data")
             fmt = subprocess.run(self._java("kafka.tools.StorageTool", "format", "--standalone", "-t",
                                             _kafka_cluster_id(), "-c", str(props)),
                                  capture_output=True, text=True)

@@ -45,7 +45,7 @@ def services(cfg: LivemlConfig, names: Iterable[str] | None = None, bare: str = 
 
 def up(cfg: LivemlConfig, names: Iterable[str] | None = None,
        on_progress: Callable[[str, str, float], None] | None = None) -> dict[str, dict]:
-    cfg.home_path.mkdir(parents=True, exist_ok=True)
+    cfg.home_dir()
     result = {}
     for svc in services(cfg, names, bare="up"):
         t0 = time.monotonic()

@@ -21,6 +21,7 @@ from typing import Callable, Mapping, Sequence
 
 import psutil
 
+from liveml.config import made_dir
 from liveml.errors import PortInUseError, ServiceError
 
 MARK = "LIVEML_PROC_MARK"
@@ -52,7 +53,7 @@ class PidFile:
 
     def add(self, pid: int) -> None:
         tracked = self.read() + [Tracked(pid, psutil.Process(pid).create_time())]
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        made_dir(self.path.parent)
         self.path.write_text(json.dumps({"processes": [t.__dict__ for t in tracked]}))
 
     def alive(self) -> list[Tracked]:
@@ -78,7 +79,7 @@ class PidFile:
 def spawn(cmd: Sequence[str], log: Path, pidfile: PidFile, env: Mapping[str, str] | None = None,
           cwd: Path | None = None) -> subprocess.Popen:
     """Start ``cmd`` in its own session (so a Ctrl-C in the shell does not kill it), logging to ``log``."""
-    log.parent.mkdir(parents=True, exist_ok=True)
+    made_dir(log.parent)
     child_env = dict(os.environ if env is None else env)
     child_env[MARK] = pidfile.marker
     with open(log, "ab") as out:

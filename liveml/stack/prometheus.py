@@ -41,15 +41,14 @@ class PrometheusService(Service):
                  "static_configs": [{"targets": [self.cfg.serving.rest]}]},
             ],
         }
-        path = self.cfg.path("prometheus", "prometheus.yml")
-        path.parent.mkdir(parents=True, exist_ok=True)
+        path = self.cfg.home_file("prometheus", "prometheus.yml")
         path.write_text(yaml.safe_dump(conf, sort_keys=False))
         return path
 
     def _start(self) -> subprocess.Popen:
         binary = require_binary("prometheus", "prometheus")
         conf = self.write_conf()
-        cmd = [binary, f"--config.file={conf}", f"--storage.tsdb.path={self.cfg.path('prometheus', 'data')}",
+        cmd = [binary, f"--config.file={conf}", f"--storage.tsdb.path={self.cfg.home_dir('prometheus', 'data')}",
                f"--web.listen-address=127.0.0.1:{self.cfg.prometheus.port}", "--web.enable-lifecycle"]
         return process.spawn(cmd, self.log, self.pidfile)
 

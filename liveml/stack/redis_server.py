@@ -20,8 +20,7 @@ class RedisService(Service):
 
     def _start(self) -> subprocess.Popen:
         binary = require_binary("redis-server", "redis-server")
-        data = self.cfg.path("redis")
-        data.mkdir(parents=True, exist_ok=True)
+        data = self.cfg.home_dir("redis")
         cmd = [binary, "--port", str(self.cfg.redis.port), "--bind", "127.0.0.1", "--dir", str(data),
                "--daemonize", "no", "--appendonly", "yes", "--save", "", "--protected-mode", "yes"]
         return process.spawn(cmd, self.log, self.pidfile)

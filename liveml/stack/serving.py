@@ -21,7 +21,7 @@ from liveml.stack.base import Service
 
 
 def model_config_path(cfg: LivemlConfig) -> Path:
-    return cfg.path("serving", "models.config")
+    return cfg.home_file("serving", "models.config")
 
 
 def default_model_config(cfg: LivemlConfig) -> str:
@@ -34,9 +34,8 @@ def default_model_config(cfg: LivemlConfig) -> str:
 def ensure_model_config(cfg: LivemlConfig) -> Path:
     path = model_config_path(cfg)
     if not path.is_file():
-        path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(default_model_config(cfg))
-    (cfg.model_base_path / cfg.serving.model_name).mkdir(parents=True, exist_ok=True)
+    cfg.home_dir(cfg.serving.model_base_path, cfg.serving.model_name)
     return path
 
 
@@ -62,8 +61,7 @@ class ServingService(Service):
         return process.spawn(cmd, self.log, self.pidfile, cwd=REPO_ROOT)
 
     def monitoring_config(self) -> Path:
-        path = self.cfg.path("serving", "monitoring.config")
-        path.parent.mkdir(parents=True, exist_ok=True)
+        path = self.cfg.home_file("serving", "monitoring.config")
         path.write_text('prometheus_config {\n  enable: true\n  path: "/monitoring/prometheus/metrics"\n}\n')
         return path
 
