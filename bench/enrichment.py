@@ -264,6 +264,7 @@ def main() -> None:
     import yaml
 
     from liveml.config import load_config
+    from liveml.figures import figures_file, write_figures
     from liveml.stack import launcher
     from liveml.tenant import create_tenant
     from tests.integration.test_enrich_job import ModelServer
@@ -279,6 +280,7 @@ def main() -> None:
     args = parser.parse_args()
 
     base = load_config()
+    figures_file(base, "enrichment")  # a home that cannot take the figures fails now, not after the runs
     launcher.up(base)
     run = f"bench{int(time.time()) % 100000}"
     home = Path(tempfile.mkdtemp(prefix="bench-enrich-"))
@@ -351,12 +353,8 @@ def main() -> None:
         "server_delay_ms": args.delay_ms,
         "repeats": args.repeats,
     }
-    out = base.path("bench", "enrichment.json")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2))
-    print(json.dumps(result, indent=2))
+    write_figures(base, "enrichment", result)
     print(f"async / sync: {result['ratio']}x (target >= 5); async {async_eps:,.0f} events/s (target >= 2,000)")
-    print(f"written to {out}")
 
 
 if __name__ == "__main__":

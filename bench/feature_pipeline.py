@@ -37,9 +37,13 @@ from flink_jobs import replay as rp
 from iceberg_schemas.features import view as get_view
 from liveml import flink
 from liveml.config import load_config
+from liveml.figures import figures_file, write_figures
 from liveml.online.redis import RedisOnlineStore
 from liveml.stack import launcher
 from liveml.tenant import create_tenant
+
+
+NAME = "feature_pipeline"  # LIVEML_HOME/bench/feature_pipeline.json
 
 
 def tenant(base, name: str, db: int):
@@ -297,6 +301,8 @@ def main() -> None:
     job_args = tuple(args.job_arg or ())
 
     base = load_config()
+    if args.only is None:
+        figures_file(base, NAME)  # a home that cannot take the figures fails now, not after 15 minutes
     launcher.up(base)
     run = f"bench{int(time.time()) % 100000}"
     figures: dict = {}
@@ -340,10 +346,7 @@ def main() -> None:
         "backlog_events": args.events,
         "parallelism": 2,
     })
-    out = base.path("bench", "feature_pipeline.json")
-    out.write_text(json.dumps(figures, indent=2))
-    print(json.dumps(figures, indent=2))
-    print(f"written to {out}")
+    write_figures(base, NAME, figures)
 
 
 if __name__ == "__main__":

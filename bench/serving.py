@@ -58,7 +58,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import collections
-import json
 import os
 import re
 import shutil
@@ -81,6 +80,7 @@ import grpc  # noqa: E402
 import numpy as np  # noqa: E402
 
 from liveml.config import load_config  # noqa: E402
+from liveml.figures import figures_file, write_figures  # noqa: E402
 
 MODEL = "tips"
 PREDICT = "/tensorflow.serving.PredictionService/Predict"
@@ -291,6 +291,7 @@ def main() -> None:
     args = parser.parse_args()
 
     base = load_config()
+    figures_file(base, "serving")  # a home that cannot take the figures fails now, not after the runs
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # run the cleanup below on a plain kill too
     started = time.monotonic()
     tmp = Path(tempfile.mkdtemp(prefix="liveml-bench-serving-"))
@@ -369,10 +370,7 @@ def main() -> None:
         "batching_target_met": bat["qps"] >= 0.5 * inproc[size],
         "seconds": round(time.monotonic() - started, 1),
     }
-    out = base.path("bench", "serving.json")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2))
-    print(json.dumps(result, indent=2))
+    write_figures(base, "serving", result)
 
 
 if __name__ == "__main__":

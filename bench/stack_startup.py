@@ -11,7 +11,6 @@ Writes flat JSON to LIVEML_HOME/bench/stack_startup.json (the default home's, no
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import subprocess
 import tempfile
@@ -20,6 +19,7 @@ from pathlib import Path
 
 
 from liveml.config import load_config
+from liveml.figures import figures_file, write_figures
 from liveml.flink import flink_env, flink_home
 from liveml.stack import launcher
 from liveml.stack.flink_cluster import FlinkService
@@ -64,6 +64,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=3)
     args = parser.parse_args()
+    base = load_config()  # the default home takes the figures, not the scratch home below
+    figures_file(base, "stack_startup")  # a home that cannot take the figures fails now, not after the runs
     runs: list[dict[str, float]] = []
     baseline: list[float] = []
     with tempfile.TemporaryDirectory(prefix="liveml-bench-") as tmp:
@@ -77,11 +79,7 @@ def main() -> None:
     figures["baseline_start_cluster_median_s"] = round(statistics.median(baseline), 2)
     figures["flink_vs_start_cluster"] = round(figures["up_flink_median_s"] / figures["baseline_start_cluster_median_s"], 3)
     figures["runs"] = args.runs
-    out = load_config().path("bench", "stack_startup.json")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(figures, indent=2))
-    print(json.dumps(figures, indent=2))
-    print(f"written to {out}")
+    write_figures(base, "stack_startup", figures)
 
 
 if __name__ == "__main__":

@@ -33,7 +33,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from liveml.config import load_config  # noqa: E402
+from liveml.config import load_config, made_dir  # noqa: E402
+from liveml.figures import figures_file, write_figures  # noqa: E402
 
 _RUN = """
 import json, sys
@@ -92,11 +93,9 @@ def main() -> None:
     from tests.offline_fixtures import real_training_set
 
     cfg = load_config()
-    scratch = cfg.path("tmp")
-    scratch.mkdir(parents=True, exist_ok=True)  # a fresh LIVEML_HOME has none yet
-    work = Path(tempfile.mkdtemp(prefix="training-", dir=scratch))
-    data = work / "data"
-    data.mkdir()
+    figures_file(cfg, "training")  # a home that cannot take the figures fails now, not after the runs
+    work = Path(tempfile.mkdtemp(prefix="training-", dir=cfg.home_dir("tmp")))
+    data = made_dir(work / "data")
     print(f"building the training set from the real trips under {data} ...", flush=True)
     catalog, built = real_training_set(data)
     rows = OfflineStore(catalog).scan(built["table"], snapshot_id=built["snapshot_id"]).to_pandas()
@@ -130,10 +129,7 @@ def main() -> None:
                 out[f"slice_auc_{feature}={value}"] = m["auc"]
                 out[f"slice_calibration_{feature}={value}"] = m.get("calibration")
                 out[f"slice_examples_{feature}={value}"] = m["example_count"]
-    dest = cfg.path("bench") / "training.json"
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    dest.write_text(json.dumps(out, indent=2))
-    print(json.dumps(out, indent=2))
+    write_figures(cfg, "training", out)
     print(f"AUC {out['auc']:.4f} (median of {a.repeats}) vs baseline {out['baseline_auc']:.4f}: "
           f"ratio {out['auc_ratio']:.3f}; wall time {out['seconds']:.0f} s")
 

@@ -50,6 +50,7 @@ from iceberg_schemas.features import FEATURE_VIEWS  # noqa: E402
 from iceberg_schemas.registry import ensure_table  # noqa: E402
 from iceberg_schemas.tables import table_spec, unpartitioned  # noqa: E402
 from liveml.config import load_config  # noqa: E402
+from liveml.figures import figures_file, write_figures  # noqa: E402
 from liveml.offline import OfflineStore  # noqa: E402
 from liveml.tenant import create_tenant  # noqa: E402
 
@@ -155,6 +156,7 @@ def main() -> None:
     from liveml import backfill
 
     base = load_config()
+    figures_file(base, "training_set")  # a home that cannot take the figures fails now, not after the runs
     tenant = create_tenant(base, "bench_training", 5)
     cfg = load_config(tenant, env={})
     print(f"loading {args.amplify} x real trips over {args.days} days into {cfg.catalog.name} ({tenant})", flush=True)
@@ -191,17 +193,14 @@ def main() -> None:
         "repeats": args.repeats,
     }
     result["speedup_vs_pandas"] = round(result["labels_per_s"] / result["baseline_labels_per_s"], 2)
-    stream = Path(base.home) / "bench" / "feature_pipeline.json"
+    stream = figures_file(base, "feature_pipeline")  # the streaming job's figures, when that bench ran
     if stream.is_file():
         streaming = json.loads(stream.read_text()).get("events_per_s")
         if streaming:
             result["streaming_events_per_s"] = streaming
             result["backfill_vs_streaming"] = round(result["backfill_events_per_s"] / streaming, 2)
     assert all(r["rows"] == labels for r in duck + pand + [limited]), "builds disagree on the row count"
-    out = Path(base.home) / "bench" / "training_set.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2))
-    print(json.dumps(result, indent=2))
+    write_figures(base, "training_set", result)
 
 
 if __name__ == "__main__":
