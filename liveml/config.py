@@ -3,7 +3,8 @@
 The effective config is layered the way pyiceberg layers its own: the YAML file (``liveml.yaml``, or the
 path in ``LIVEML_CONFIG``), then ``LIVEML_<SECTION>__<FIELD>`` environment variables (and ``LIVEML_HOME``),
 then explicit arguments, which win; any other ``LIVEML_*`` variable is not the config's and is ignored.
-``${VAR}`` inside the YAML is expanded from the environment so secrets never live in the repository.
+``${VAR}`` in the YAML's string values (never in comments or keys) is expanded from the environment once
+the file is parsed, so secrets never live in the repository.
 Every validation error names the file and the dotted field that is wrong.
 """
 
