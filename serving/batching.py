@@ -58,11 +58,11 @@ from prometheus_client import Histogram
 from tensorflow_serving.apis import predict_pb2
 
 from serving.batching_params import BatchingConfig
-from serving.errors import ServingError, invalid_argument
-from serving.inference import response_spec
+from serving.errors import INTERNAL_MESSAGE, ServingError, fail
+from serving.inference import (check_output_filter, predict_response, prepare_arrays, prepare_predict,
+                               require_model_spec)
 from serving.model_config import model_spec
 from serving.servable import DEFAULT_SIGNATURE, Servable
-from serving.tensors import check_arrays, decode_inputs, encode_output
 
 if TYPE_CHECKING:
     from serving.models import ModelManager, ModelVersion
@@ -137,9 +137,9 @@ def split_outputs(outputs: Mapping[str, np.ndarray], sizes: Sequence[int],
     """Each request's rows of every output (padding rows dropped)."""
     for name, array in outputs.items():
         if array.ndim == 0 or array.shape[0] != batch_size:
-            raise ServingError(grpc.StatusCode.INTERNAL,
-                               f"Batched output tensor {name!r} has shape {list(array.shape)}; its 0th dimension "
-                               f"must equal the batch size {batch_size} to split it between requests")
+            raise fail("batch_output_unsplittable",
+                       f"Batched output tensor {name!r} has shape {list(array.shape)}; its 0th dimension "
+                       f"must equal the batch size {batch_size} to split it between requests")
     results, start = [], 0
     for size in sizes:
         results.append({name: array[start:start + size] for name, array in outputs.items()})
@@ -222,26 +222,21 @@ class Batcher:
 
     async def predict(self, manager: "ModelManager", request: predict_pb2.PredictRequest,
                       delay_s: float = 0.0) -> predict_pb2.PredictResponse:
-        """:func:`serving.inference.predict`, batched: same answers, same errors."""
+        """:func:`serving.inference.predict`, batched: same answers, same errors, checked in the same order."""
+        require_model_spec(request)
         version = manager.checkout(request.model_spec)
         try:
             if delay_s > 0:
                 await asyncio.sleep(delay_s)
             servable = version.servable
-            signature = request.model_spec.signature_name or DEFAULT_SIGNATURE
-            inputs = await _off_loop_if_big(request.ByteSize(),
-                                            lambda: decode_inputs(request.inputs, servable.input_specs(signature)))
+            signature, inputs, outputs = await _off_loop_if_big(request.ByteSize(),
+                                                                lambda: prepare_predict(servable, request))
         except BaseException:
             manager.release(version)
             raise
-        outputs = await self.submit(manager, version, signature, inputs, tuple(request.output_filter))
-
-        def respond() -> predict_pb2.PredictResponse:
-            response = predict_pb2.PredictResponse(model_spec=response_spec(servable, signature))
-            for name, array in outputs.items():
-                response.outputs[name].CopyFrom(encode_output(array))
-            return response
-        return await _off_loop_if_big(sum(a.nbytes for a in outputs.values()), respond)
+        results = await self.submit(manager, version, signature, inputs, tuple(outputs))
+        return await _off_loop_if_big(sum(a.nbytes for a in results.values()),
+                                      lambda: predict_response(servable, signature, results))
 
     async def run(self, manager: "ModelManager", model_name: str, inputs: Mapping[str, np.ndarray], *,
                   version: int | None = None, label: str | None = None, signature_name: str = DEFAULT_SIGNATURE,
@@ -251,12 +246,13 @@ class Batcher:
         checked_out = manager.checkout(spec)
         try:
             arrays = {name: _string_to_object(np.asarray(array)) for name, array in inputs.items()}
-            check_arrays(arrays, checked_out.servable.input_specs(signature_name))
+            name, arrays = prepare_arrays(checked_out.servable, signature_name, arrays)
+            outputs = check_output_filter(output_filter, checked_out.servable.signature_defs[name])
         except BaseException:
             manager.release(checked_out)
             raise
         number = checked_out.servable.version
-        return await self.submit(manager, checked_out, signature_name, arrays, tuple(output_filter)), number
+        return await self.submit(manager, checked_out, name, arrays, tuple(outputs)), number
 
     async def submit(self, manager: "ModelManager", version: "ModelVersion", signature: str,
                      inputs: dict[str, np.ndarray], output_filter: tuple[str, ...]) -> dict[str, np.ndarray]:
@@ -276,8 +272,8 @@ class Batcher:
             if size is None:  # not batchable: run it alone, as without batching
                 future = self._threads.submit(self.run_model, servable, signature, inputs, output_filter)
             elif size > self.config.max_batch_size:
-                raise invalid_argument(f"Task size {size} is larger than maximum input batch size "
-                                       f"{self.config.max_batch_size}")
+                raise fail("batch_too_large", f"Task size {size} is larger than maximum input batch size "
+                                              f"{self.config.max_batch_size}")
             else:
                 task = _Task(servable, signature, inputs, output_filter, size, loop.create_future(), release)
                 self._enqueue(self._key(version, task), task)
@@ -315,9 +311,7 @@ class Batcher:
             if len(queue) >= self.config.max_enqueued_batches:
                 if not queue:
                     del self._queues[key]
-                raise ServingError(grpc.StatusCode.UNAVAILABLE,
-                                   "The batch scheduling queue to which this task was submitted is full "
-                                   "(batch queue is full)")
+                raise fail("batch_queue_full", "The batch scheduling queue to which this task was submitted is full")
             if last is not None:
                 last.closed = True
             batch = _Batch(model=task.servable.name, created=loop.time())
@@ -380,12 +374,12 @@ class Batcher:
             try:
                 results = await asyncio.get_running_loop().run_in_executor(self._threads, self._process, tasks)
             except ServingError as exc:
-                code, message = exc.code, exc.message
+                code, message, row = exc.code, exc.message, exc.row
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # a bug, not the client's fault: every request gets it, as INTERNAL
                 log.exception("batch of %d requests on model %r failed", len(tasks), batch.model)
-                code, message = grpc.StatusCode.INTERNAL, f"{type(exc).__name__}: {exc}"
+                code, message, row = grpc.StatusCode.INTERNAL, INTERNAL_MESSAGE, "internal"
             else:
                 for task, result in zip(tasks, results):
                     if not task.future.done():
@@ -393,7 +387,7 @@ class Batcher:
                 return
             for task in tasks:
                 if not task.future.done():
-                    task.future.set_exception(ServingError(code, message))
+                    task.future.set_exception(ServingError(code, message, row))
         finally:
             for task in tasks:
                 task.release()

@@ -12,7 +12,7 @@ from typing import Any
 
 from google.protobuf import descriptor_pb2, descriptor_pool, message_factory, text_format, wrappers_pb2
 
-from serving.errors import ServingError, invalid_argument
+from serving.errors import ServingError, fail
 
 # -- the parameters proto -------------------------------------------------------------------------------
 
@@ -68,17 +68,17 @@ class BatchingConfig:
     def __post_init__(self):
         for name in ("max_batch_size", "max_enqueued_batches", "num_batch_threads"):
             if getattr(self, name) < 1:
-                raise invalid_argument(f"batching parameter {name} must be >= 1, not {getattr(self, name)}")
+                raise fail("config_invalid", f"batching parameter {name} must be >= 1, not {getattr(self, name)}")
         if self.batch_timeout_micros < 0:
-            raise invalid_argument(f"batching parameter batch_timeout_micros must be >= 0, "
+            raise fail("config_invalid", f"batching parameter batch_timeout_micros must be >= 0, "
                                    f"not {self.batch_timeout_micros}")
         sizes = list(self.allowed_batch_sizes)
         if sizes:
             if sizes[0] < 1 or any(b <= a for a, b in zip(sizes, sizes[1:])):
-                raise invalid_argument(f"batching parameter allowed_batch_sizes must be positive and strictly "
+                raise fail("config_invalid", f"batching parameter allowed_batch_sizes must be positive and strictly "
                                        f"increasing: {sizes}")
             if sizes[-1] != self.max_batch_size:
-                raise invalid_argument(f"batching parameter allowed_batch_sizes: the last entry ({sizes[-1]}) "
+                raise fail("config_invalid", f"batching parameter allowed_batch_sizes: the last entry ({sizes[-1]}) "
                                        f"must equal max_batch_size ({self.max_batch_size})")
 
     @property
@@ -90,7 +90,7 @@ class BatchingConfig:
         def value(name: str, default):
             return getattr(params, name).value if params.HasField(name) else default
         if value("enable_large_batch_splitting", False):
-            raise invalid_argument("batching parameter enable_large_batch_splitting is not supported: requests "
+            raise fail("config_invalid", "batching parameter enable_large_batch_splitting is not supported: requests "
                                    "larger than max_batch_size are rejected")
         kwargs = dict(max_batch_size=value("max_batch_size", DEFAULT_MAX_BATCH_SIZE),
                       batch_timeout_micros=value("batch_timeout_micros", DEFAULT_BATCH_TIMEOUT_MICROS),
@@ -108,11 +108,11 @@ def parse_batching_parameters(text: str, source: str = "batching parameters") ->
     try:
         params = text_format.Parse(text, BatchingParameters())
     except text_format.ParseError as exc:  # its message carries line:column and the field
-        raise invalid_argument(f"{source} is not a valid BatchingParameters text proto: {exc}") from exc
+        raise fail("config_invalid", f"{source} is not a valid BatchingParameters text proto: {exc}") from exc
     try:
         BatchingConfig.from_proto(params)
     except ServingError as exc:
-        raise invalid_argument(f"{source}: {exc.message}") from exc
+        raise fail("config_invalid", f"{source}: {exc.message}") from exc
     return params
 
 
@@ -121,7 +121,7 @@ def read_batching_parameters(path: str | Path) -> Any:
     try:
         text = Path(path).read_text()
     except OSError as exc:
-        raise invalid_argument(f"cannot read batching parameters file {path}: {exc}") from exc
+        raise fail("config_invalid", f"cannot read batching parameters file {path}: {exc}") from exc
     return parse_batching_parameters(text, f"batching parameters file {path}")
 
 

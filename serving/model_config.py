@@ -13,7 +13,7 @@ from google.protobuf import text_format
 from tensorflow_serving.apis import model_pb2
 from tensorflow_serving.config import file_system_storage_path_source_pb2, model_server_config_pb2
 
-from serving.errors import invalid_argument
+from serving.errors import fail
 
 ServableVersionPolicy = file_system_storage_path_source_pb2.FileSystemStoragePathSourceConfig.ServableVersionPolicy
 
@@ -79,14 +79,14 @@ class ModelConfig:
     @classmethod
     def from_proto(cls, proto: model_server_config_pb2.ModelConfig) -> "ModelConfig":
         if not proto.name or not proto.base_path:
-            raise invalid_argument(f"a model config needs a name and a base_path: {proto}")
+            raise fail("reload_config_invalid", f"a model config needs a name and a base_path: {proto}")
         if proto.model_platform not in ("", "tensorflow"):
-            raise invalid_argument(f"model {proto.name}: platform {proto.model_platform!r} is not served; "
-                                   f"only tensorflow")
+            raise fail("reload_config_invalid", f"model {proto.name}: platform {proto.model_platform!r} is not "
+                                                f"served; only tensorflow")
         try:
             policy = VersionPolicy.from_proto(proto.model_version_policy)
         except ValueError as exc:
-            raise invalid_argument(f"model {proto.name}: {exc}") from exc
+            raise fail("reload_config_invalid", f"model {proto.name}: {exc}") from exc
         return cls(proto.name, proto.base_path, policy, dict(proto.version_labels))
 
 
@@ -95,7 +95,7 @@ def parse_model_config(text: str) -> model_server_config_pb2.ModelServerConfig:
     try:
         return text_format.Parse(text, model_server_config_pb2.ModelServerConfig())
     except text_format.ParseError as exc:
-        raise invalid_argument(f"model config is not a valid ModelServerConfig text proto: {exc}") from exc
+        raise fail("config_invalid", f"model config is not a valid ModelServerConfig text proto: {exc}") from exc
 
 
 def read_model_config(path: str | Path) -> model_server_config_pb2.ModelServerConfig:
@@ -104,14 +104,15 @@ def read_model_config(path: str | Path) -> model_server_config_pb2.ModelServerCo
 
 def configs_from_proto(config: model_server_config_pb2.ModelServerConfig) -> list[ModelConfig]:
     """Our configs from TF Serving's; only ``model_config_list`` is supported, as TF Serving's reload."""
-    if config.WhichOneof("config") == "custom_model_config":
-        raise invalid_argument("custom_model_config is not supported; use model_config_list")
-    configs = [ModelConfig.from_proto(proto) for proto in config.model_config_list.config]
-    names = [c.name for c in configs]
-    duplicates = sorted({n for n in names if names.count(n) > 1})
-    if duplicates:
-        raise invalid_argument(f"model names must be unique; repeated: {duplicates}")
-    return configs
+    if config.WhichOneof("config") == "custom_model_config":  # model_service_impl.cc's message
+        raise fail("reload_config_type", "ServerModelConfig type not supported by HandleReloadConfigRequest. Only "
+                                         "ModelConfigList is currently supported")
+    names: set[str] = set()
+    for proto in config.model_config_list.config:  # server_core.cc ValidateModelConfigList
+        if proto.name in names:
+            raise fail("reload_config_invalid", f"Illegal to list model {proto.name} multiple times in config list")
+        names.add(proto.name)
+    return [ModelConfig.from_proto(proto) for proto in config.model_config_list.config]
 
 
 def configs_to_proto(configs: Iterable[ModelConfig]) -> model_server_config_pb2.ModelServerConfig:
@@ -138,7 +139,7 @@ def model_spec(model_name: str, version: int | None = None, label: str | None = 
                signature_name: str = "") -> model_pb2.ModelSpec:
     """The ``ModelSpec`` a request names: a version, a label, or neither (the latest)."""
     if version is not None and label is not None:
-        raise invalid_argument("give a version or a label, not both")
+        raise ValueError("give a version or a label, not both")
     spec = model_pb2.ModelSpec(name=model_name, signature_name=signature_name)
     if version is not None:
         spec.version.value = version

@@ -15,9 +15,15 @@ It follows TF Serving's model lifecycle, so clients and operators see the same b
   already running on it have finished (a per-version in-flight count).
 * A version that fails to load goes to END with its error in the status and never takes traffic; it is
   not retried until it disappears from the aspired set (e.g. its directory is replaced by a new version).
-* Version labels may only point at AVAILABLE versions (FAILED_PRECONDITION otherwise, as TF Serving's
-  default ``allow_version_labels_for_unavailable_models=false``). An unknown model or version is
-  NOT_FOUND, an unknown label INVALID_ARGUMENT: TF Serving's codes and messages, which clients match on.
+* Version labels may only point at AVAILABLE versions (FAILED_PRECONDITION otherwise), unless the manager
+  is made with ``allow_unavailable_labels`` (TF Serving's ``--allow_version_labels_for_unavailable_models``):
+  then a new label, or one that keeps its version, may name a version that is not loaded yet.
+* A request's ModelSpec resolves as server_core.cc ``ServableRequestFromModelSpec`` resolves it: an empty
+  name is INVALID_ARGUMENT; a label is looked up first (an unknown label, even of an unknown model, is
+  INVALID_ARGUMENT) and becomes its version; a model, version or labelled version without an AVAILABLE
+  servable is NOT_FOUND ("Servable not found for request: Specific(name, 3)" or "Latest(name)").
+* GetModelStatus is get_model_status_impl.cc's: a version gives that version's status, anything else
+  (no version, or a version_label, which it ignores) every version the server has seen.
 
 All state lives on one asyncio event loop; only loading and inference run in threads.
 """
@@ -38,10 +44,10 @@ from prometheus_client import Counter, Gauge
 from tensorflow_serving.apis import get_model_status_pb2, model_pb2
 from tensorflow_serving.config import model_server_config_pb2
 
-from serving.errors import ServingError, failed_precondition, invalid_argument, not_found
-from serving.inference import replay_warmup
+from serving.errors import ServingError, fail, scrub
+from serving.inference import check_output_filter, prepare_arrays, replay_warmup
 from serving.model_config import ModelConfig, configs_from_proto, model_spec, versions_on_disk
-from serving.servable import DEFAULT_SIGNATURE, Servable
+from serving.servable import DEFAULT_SIGNATURE, InferenceOptions, Servable
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -86,17 +92,13 @@ class ModelVersion:
 
 def unknown_label(label: str) -> ServingError:
     """TF Serving answers an unknown label with INVALID_ARGUMENT (an unknown version is NOT_FOUND)."""
-    return invalid_argument(f"Unrecognized servable version label: {label}")
+    return fail("unknown_label", f"Unrecognized servable version label: {label}")
 
 
-def _spec_text(spec: model_pb2.ModelSpec) -> str:
-    """How TF Serving names a request in its NOT_FOUND messages."""
-    choice = spec.WhichOneof("version_choice")
-    if choice == "version":
-        return f"Specific({spec.name}, {spec.version.value})"
-    if choice == "version_label":
-        return f"Specific({spec.name}, label {spec.version_label})"
-    return f"Latest({spec.name})"
+def not_found(name: str, number: int | None) -> ServingError:
+    """basic_manager.cc's NOT_FOUND, naming the request as ``ServableRequest::DebugString`` does."""
+    request = f"Specific({name}, {number})" if number is not None else f"Latest({name})"
+    return fail("servable_not_found", f"Servable not found for request: {request}")
 
 
 class ModelManager:
@@ -106,8 +108,13 @@ class ModelManager:
     ``poll()`` or ``poll_forever(interval_s)``. ``close()`` releases its threads.
     """
 
-    def __init__(self, *, warmup: bool = True, inference_threads: int = 4):
-        self._warmup = warmup
+    def __init__(self, *, warmup: bool = True, inference_threads: int = 4,
+                 options: InferenceOptions = InferenceOptions(), saved_model_tags: Sequence[str] = ("serve",),
+                 allow_unavailable_labels: bool = False):
+        self._warmup = warmup  # --enable_model_warmup
+        self._options = options
+        self._tags = tuple(saved_model_tags)  # --saved_model_tags
+        self._allow_unavailable_labels = allow_unavailable_labels  # --allow_version_labels_for_unavailable_models
         self._configs: dict[str, ModelConfig] = {}
         self._versions: dict[str, dict[int, ModelVersion]] = {}
         self._labels: dict[str, dict[str, int]] = {}
@@ -201,7 +208,7 @@ class ModelManager:
                 self._load_threads, self._load_servable, name, number, path)
         except Exception as exc:
             code, detail = ((exc.code, exc.message) if isinstance(exc, ServingError)  # e.g. a bad warmup
-                            else (grpc.StatusCode.UNKNOWN, f"{type(exc).__name__}: {exc}"))
+                            else (grpc.StatusCode.UNKNOWN, scrub(str(exc))))
             version.state = VersionState.END
             version.error = ServingError(code, f"Failed to load servable {name} version {number} from {path}: "
                                                f"{detail}")
@@ -219,7 +226,7 @@ class ModelManager:
                                              for v in self._versions.get(name, {}).values()))
 
     def _load_servable(self, name: str, number: int, path: Path) -> Servable:
-        servable = Servable.load(name, number, path)
+        servable = Servable.load(name, number, path, tags=self._tags, options=self._options)
         warmup = path / WARMUP_FILE
         if self._warmup and warmup.is_file():
             count = replay_warmup(servable, str(warmup))
@@ -243,43 +250,45 @@ class ModelManager:
         log.info("model %s version %d is unloaded", version.model, version.version)
 
     def _apply_labels(self) -> None:
+        """server_core.cc ``UpdateModelVersionLabelMap``: all labels or none."""
         labels: dict[str, dict[str, int]] = {}
         for config in self._configs.values():
+            current = self._labels.get(config.name, {})
             for label, number in config.labels.items():
+                if self._allow_unavailable_labels and current.get(label, number) == number:
+                    continue  # a new label, or one that keeps its version, may wait for the version
                 version = self._versions.get(config.name, {}).get(number)
                 if version is None or version.state != VersionState.AVAILABLE:
-                    raise failed_precondition(
-                        f"Request to assign label to version {number} of model {config.name}, which is not "
-                        f"currently available for inference")
+                    raise fail("label_not_available",
+                               f"Request to assign label to version {number} of model {config.name}, which is not "
+                               f"currently available for inference")
             labels[config.name] = dict(config.labels)
         self._labels = labels
 
     # -- serving ----------------------------------------------------------------------------------------
 
     def resolve(self, spec: model_pb2.ModelSpec) -> ModelVersion:
-        """The AVAILABLE version ``spec`` names (its version, its label, or the latest).
-
-        NOT_FOUND for an unknown model or a version that is not AVAILABLE; INVALID_ARGUMENT for an unknown
-        label (both as TF Serving answers).
-        """
-        versions = self._versions.get(spec.name) if spec.name in self._configs else None
-        if not versions:
-            raise not_found(f"Servable not found for request: {_spec_text(spec)}")
+        """The AVAILABLE version ``spec`` names (its version, its label's version, or the latest); the
+        errors are server_core.cc's and basic_manager.cc's (see the module docstring)."""
+        if not spec.name:
+            raise fail("no_model_name", "ModelSpec has no name specified.")
         choice = spec.WhichOneof("version_choice")
-        if choice == "version":
-            number = spec.version.value
-        elif choice == "version_label":
-            if spec.version_label not in self._labels.get(spec.name, {}):
+        number: int | None = None
+        if choice == "version_label":
+            number = self._labels.get(spec.name, {}).get(spec.version_label)
+            if number is None:
                 raise unknown_label(spec.version_label)
-            number = self._labels[spec.name][spec.version_label]
-        else:
+        elif choice == "version":
+            number = spec.version.value
+        versions = self._versions.get(spec.name, {}) if spec.name in self._configs else {}
+        if number is None:
             available = [n for n, v in versions.items() if v.state == VersionState.AVAILABLE]
             if not available:
-                raise not_found(f"Servable not found for request: {_spec_text(spec)}")
+                raise not_found(spec.name, None)
             number = max(available)
         version = versions.get(number)
         if version is None or version.state != VersionState.AVAILABLE:
-            raise not_found(f"Servable not found for request: {_spec_text(spec)}")
+            raise not_found(spec.name, number)
         return version
 
     def checkout(self, spec: model_pb2.ModelSpec) -> ModelVersion:
@@ -317,26 +326,28 @@ class ModelManager:
     async def run(self, model_name: str, inputs: Mapping[str, np.ndarray], *, version: int | None = None,
                   label: str | None = None, signature_name: str = DEFAULT_SIGNATURE,
                   output_filter: Sequence[str] = ()) -> tuple[dict[str, np.ndarray], int]:
-        """Run a signature on numpy inputs: the outputs and the version that computed them (for REST)."""
+        """Run a signature on numpy inputs, checked as Predict checks its inputs: the outputs and the version
+        that computed them."""
         spec = model_spec(model_name, version, label, signature_name)
-        return await self.call(spec, lambda s: (s.run(signature_name, inputs, output_filter), s.version))
+
+        def handler(servable: Servable) -> tuple[dict[str, np.ndarray], int]:
+            name, arrays = prepare_arrays(servable, signature_name, dict(inputs))
+            outputs = check_output_filter(output_filter, servable.signature_defs[name])
+            return servable.run(name, arrays, outputs), servable.version
+        return await self.call(spec, handler)
 
     def model_status(self, spec: model_pb2.ModelSpec) -> list[get_model_status_pb2.ModelVersionStatus]:
-        """GetModelStatus: every known version of the model, or the one ``spec`` names; NOT_FOUND if none."""
+        """GetModelStatus (get_model_status_impl.cc): the version ``spec`` names, or, without a version
+        (a ``version_label`` is ignored, as TF Serving ignores it), every version the server has seen,
+        newest first. NOT_FOUND when there is none."""
         versions = self._versions.get(spec.name, {})
-        choice = spec.WhichOneof("version_choice")
-        if choice == "version_label":
-            number = self._labels.get(spec.name, {}).get(spec.version_label)
-            if number is None:
-                raise unknown_label(spec.version_label)
-            choice, spec = "version", model_pb2.ModelSpec(name=spec.name)
-            spec.version.value = number
-        if choice == "version":
-            if spec.version.value not in versions:
-                raise not_found(f"Could not find version {spec.version.value} of model {spec.name}")
-            return [versions[spec.version.value].status_proto()]
+        if spec.WhichOneof("version_choice") == "version":
+            number = spec.version.value
+            if number not in versions:
+                raise fail("status_version_not_found", f"Could not find version {number} of model {spec.name}")
+            return [versions[number].status_proto()]
         if not versions:
-            raise not_found(f"Could not find any versions of model {spec.name}")
+            raise fail("status_model_not_found", f"Could not find any versions of model {spec.name}")
         return [versions[n].status_proto() for n in sorted(versions, reverse=True)]
 
     def labels(self, model_name: str) -> dict[str, int]:

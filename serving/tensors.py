@@ -1,17 +1,23 @@
-"""TensorProto <-> numpy, checked against a signature before anything big is allocated.
+"""A request's input tensors, checked against a signature as TF Serving checks them, then as numpy arrays.
 
-A TensorProto is untrusted input: its shape is a list of int64 dims that nothing ties to its content, and
-``tf.make_ndarray`` will happily broadcast a single value to whatever shape it claims (``[1e6, 1e6]`` is a
-terabyte). So :func:`decode_inputs` checks, in this order, without allocating:
+The checks and their order are TF Serving's Predict (servables/tensorflow/predict_util.cc, and TensorFlow's
+tensorflow/cc/saved_model/util.cc ``GetInputValues`` and session feed), so a bad request gets the same
+code and message from this server as from ``tensorflow_model_server``:
 
-1. the input names against the signature (missing or unknown inputs, named);
-2. the dtype is a concrete numeric/bool/string type and matches the signature's;
-3. every dim is >= 0, and the shape is compatible with the signature's;
-4. the content matches the element count: ``tensor_content`` exactly (in bytes), or the typed ``*_val``
-   field no longer than the count and, when shorter (TF fills by repeating the last value), the count
-   within :data:`MAX_FILL_ELEMENTS`.
+1. :func:`check_input_names`: as many inputs as the signature has ("input size does not match
+   signature", naming what was sent extra and what is missing), each an alias of the signature;
+2. :func:`parse_tensor`: each TensorProto is a tensor ("tensor parsing error: <alias>"): a concrete dtype,
+   dims >= 0, ``tensor_content`` of exactly the shape's size. As TensorFlow's ``Tensor::FromProto``, a
+   value list longer than the shape is cut and a shorter one is filled with its last value (up to
+   :data:`MAX_FILL_ELEMENTS`, beyond which this server refuses rather than allocate: the shape's dims are
+   untrusted int64s, ``[1e6, 1e6]`` is a terabyte);
+3. :func:`check_dtypes`: the session's feed check, "Expects arg[i] to be float but string is provided",
+   ``i`` being the input's place among the feed (tensor) names in sorted order, as the session numbers them;
+4. :func:`check_shapes`: a shape the signature cannot take. TF Serving has no such check (the graph's ops
+   fail, or not); a TF2 concrete function refuses the call, so this server refuses it first, as
+   INVALID_ARGUMENT naming the tensor.
 
-Only then is ``tf.make_ndarray`` called. Each failure is INVALID_ARGUMENT and names the tensor.
+Every failure is INVALID_ARGUMENT (rows of :data:`serving.errors.ERRORS`).
 """
 
 from __future__ import annotations
@@ -22,8 +28,9 @@ from typing import Mapping
 import numpy as np
 import tensorflow as tf
 from tensorflow.core.framework import tensor_pb2, types_pb2
+from tensorflow.core.protobuf import meta_graph_pb2
 
-from serving.errors import invalid_argument
+from serving.errors import fail
 
 # The largest tensor a short value list may be expanded to; a real request sends its values.
 MAX_FILL_ELEMENTS = 1 << 24
@@ -50,99 +57,125 @@ _VALUE_FIELDS: dict[int, tuple[str, int]] = {
 
 
 def dtype_name(dtype: int) -> str:
+    """The enum name, ``DT_FLOAT`` (TensorFlow's ``DataType_Name``)."""
     return types_pb2.DataType.Name(dtype) if dtype in types_pb2.DataType.values() else f"dtype {dtype}"
 
 
-def proto_shape(name: str, proto: tensor_pb2.TensorProto) -> tuple[int, ...]:
-    """The shape ``proto`` claims, refusing an unknown rank or a negative dim."""
-    if proto.tensor_shape.unknown_rank:
-        raise invalid_argument(f"input tensor {name!r} has an unknown rank; a request needs a full shape")
-    dims = tuple(dim.size for dim in proto.tensor_shape.dim)
-    if any(size < 0 for size in dims):
-        raise invalid_argument(f"input tensor {name!r} has a negative dimension in shape {list(dims)}")
-    return dims
+def data_type_string(dtype: int) -> str:
+    """TensorFlow's ``DataTypeString``: ``float``, ``int64``, ``string``, ``half``..."""
+    name = dtype_name(dtype)
+    return name[3:].lower() if name.startswith("DT_") else name
 
 
-def check_content(name: str, proto: tensor_pb2.TensorProto, shape: tuple[int, ...]) -> None:
-    """Refuse a proto whose values do not fit its shape, or that would expand to a huge array."""
-    if proto.dtype not in _VALUE_FIELDS:
-        raise invalid_argument(f"input tensor {name!r} has unsupported {dtype_name(proto.dtype)}")
+def shape_string(shape) -> str:
+    """TensorFlow's ``TensorShape::DebugString``: ``[3,2]``."""
+    return "[" + ",".join(str(int(d)) for d in shape) + "]"
+
+
+def _keys(names) -> str:
+    return ",".join(sorted(names))
+
+
+def check_input_names(given: set[str], signature: meta_graph_pb2.SignatureDef) -> None:
+    """predict_util.cc ``VerifyRequestInputsSize`` then util.cc ``GetInputValues``' alias check. Inputs the
+    signature has a default for may be left out."""
+    expected = set(signature.inputs)
+    if len(given) > len(expected) or (len(given) < len(expected) and not signature.defaults):
+        raise fail("input_size_mismatch",
+                   f"input size does not match signature: {len(given)}!={len(expected)} len({{{_keys(given)}}}) != "
+                   f"len({{{_keys(expected)}}}). Sent extra: {{{_keys(given - expected)}}}. Missing but required: "
+                   f"{{{_keys(expected - given)}}}.")
+    for alias in sorted(expected):
+        if alias not in given and alias not in signature.defaults:
+            raise fail("input_alias_not_found",
+                       f"Signature input alias: {alias}(feed name: {signature.inputs[alias].name}) not found in "
+                       f"request and no default value provided. Inputs expected to be in the request "
+                       f"{{{_keys(given)}}}, or default input alias set: {_keys(signature.defaults)}")
+    if given - expected:
+        raise fail("input_alias_not_found",
+                   f"Inputs contains invalid name. Used request inputs: {_keys(given & expected)}, request input: "
+                   f"{_keys(given)}")
+
+
+def _parse_error(alias: str):
+    return fail("tensor_parsing_error", f"tensor parsing error: {alias}")
+
+
+def parse_tensor(alias: str, proto: tensor_pb2.TensorProto) -> np.ndarray:
+    """``Tensor::FromProto``: the proto as an array of its own dtype, or "tensor parsing error: <alias>"."""
+    if proto.dtype not in _VALUE_FIELDS or proto.tensor_shape.unknown_rank:
+        raise _parse_error(alias)
+    shape = tuple(dim.size for dim in proto.tensor_shape.dim)
+    if any(size < 0 for size in shape):
+        raise _parse_error(alias)
     count = math.prod(shape)
     field, per_element = _VALUE_FIELDS[proto.dtype]
     if proto.tensor_content:
-        if proto.dtype == types_pb2.DT_STRING:
-            raise invalid_argument(f"input tensor {name!r}: DT_STRING values must be in string_val")
-        expected = count * tf.dtypes.as_dtype(proto.dtype).size
-        if len(proto.tensor_content) != expected:
-            raise invalid_argument(
-                f"input tensor {name!r} has {len(proto.tensor_content)} bytes of tensor_content, but shape "
-                f"{list(shape)} of {dtype_name(proto.dtype)} needs {expected}")
-        return
-    values = len(getattr(proto, field))
-    if values % per_element:
-        raise invalid_argument(f"input tensor {name!r}: {field} has {values} entries, not a whole element")
-    elements = values // per_element
-    if elements > count:
-        raise invalid_argument(
-            f"input tensor {name!r} has {elements} values but shape {list(shape)} holds {count}")
-    if elements < count and count > MAX_FILL_ELEMENTS:
-        raise invalid_argument(
-            f"input tensor {name!r} has {elements} values for shape {list(shape)} ({count} elements); "
-            f"filling more than {MAX_FILL_ELEMENTS} elements from a short value list is refused")
+        if proto.dtype == types_pb2.DT_STRING or \
+                len(proto.tensor_content) != count * tf.dtypes.as_dtype(proto.dtype).size:
+            raise _parse_error(alias)
+    else:
+        elements = len(getattr(proto, field)) // per_element
+        if elements < count and count > MAX_FILL_ELEMENTS:
+            raise fail("tensor_parsing_error",
+                       f"tensor parsing error: {alias}: {elements} values for shape {shape_string(shape)} "
+                       f"({count} elements); filling more than {MAX_FILL_ELEMENTS} elements from a short value "
+                       f"list is refused")
+        if elements > count:  # TensorFlow reads the first `count` and ignores the rest
+            trimmed = tensor_pb2.TensorProto()
+            trimmed.CopyFrom(proto)
+            values = getattr(trimmed, field)
+            del values[count * per_element:]
+            proto = trimmed
+    try:
+        return to_array(proto, shape)
+    except (TypeError, ValueError):
+        raise _parse_error(alias) from None
 
 
-def check_names(given: set[str], expected: set[str], what: str = "input") -> None:
-    """Both sets equal, or an error naming the missing and the unknown tensors."""
-    missing, unknown = sorted(expected - given), sorted(given - expected)
-    if missing or unknown:
-        parts = ([f"missing {what}s {missing}"] if missing else []) + \
-                ([f"unknown {what}s {unknown}"] if unknown else [])
-        raise invalid_argument(f"{'; '.join(parts)}; the signature's {what}s are {sorted(expected)}")
+def check_dtypes(arrays: Mapping[str, np.ndarray], signature: meta_graph_pb2.SignatureDef) -> None:
+    """The session's feed check: each input's dtype is the signature's; the first mismatch, in the order
+    of the sorted feed (tensor) names, is "Expects arg[i] to be <dtype> but <dtype> is provided"."""
+    feeds = sorted((signature.inputs[alias].name, alias) for alias in arrays)
+    for index, (_, alias) in enumerate(feeds):
+        want = signature.inputs[alias].dtype
+        have = array_dtype(arrays[alias]).as_datatype_enum
+        if want != have:
+            raise fail("input_dtype_mismatch", f"Expects arg[{index}] to be {data_type_string(want)} but "
+                                               f"{data_type_string(have)} is provided")
 
 
-def check_against_spec(name: str, dtype: tf.DType, shape: tuple[int, ...], spec: tf.TensorSpec) -> None:
-    if dtype != spec.dtype:
-        raise invalid_argument(
-            f"input tensor {name!r} has dtype {dtype_name(dtype.as_datatype_enum)}, but the signature "
-            f"expects {dtype_name(spec.dtype.as_datatype_enum)}")
-    if not spec.shape.is_compatible_with(shape):
-        raise invalid_argument(
-            f"input tensor {name!r} has shape {list(shape)}, incompatible with the signature's "
-            f"{spec.shape.as_list() if spec.shape.rank is not None else 'shape'}")
-
-
-def decode_inputs(protos: Mapping[str, tensor_pb2.TensorProto],
-                  specs: Mapping[str, tf.TensorSpec]) -> dict[str, np.ndarray]:
-    """The request's input tensors as numpy arrays, once each has been checked against ``specs``."""
-    check_names(set(protos), set(specs))
-    arrays = {}
-    for name, proto in protos.items():
-        shape = proto_shape(name, proto)
-        check_content(name, proto, shape)
-        check_against_spec(name, tf.dtypes.as_dtype(proto.dtype), shape, specs[name])
-        try:
-            arrays[name] = to_array(proto, shape)
-        except (TypeError, ValueError) as exc:
-            raise invalid_argument(f"input tensor {name!r} cannot be decoded: {exc}") from exc
-    return arrays
+def check_shapes(arrays: Mapping[str, np.ndarray], specs: Mapping[str, tf.TensorSpec]) -> None:
+    for alias in sorted(arrays):
+        shape = arrays[alias].shape
+        spec = specs[alias]
+        if not spec.shape.is_compatible_with(shape):
+            raise fail("input_shape_mismatch",
+                       f"input tensor {alias!r} has shape {shape_string(shape)}, which the signature's "
+                       f"{spec.shape.as_list() if spec.shape.rank is not None else 'shape'} cannot take")
 
 
 _NUMPY = {types_pb2.DT_FLOAT: np.float32, types_pb2.DT_DOUBLE: np.float64, types_pb2.DT_INT32: np.int32,
           types_pb2.DT_INT64: np.int64, types_pb2.DT_BOOL: np.bool_}
+# Types held in int_val (an int32 field): TensorFlow narrows each value to the type, wrapping around.
+_NARROW = {types_pb2.DT_INT8: np.int8, types_pb2.DT_INT16: np.int16, types_pb2.DT_UINT8: np.uint8,
+           types_pb2.DT_UINT16: np.uint16}
 
 
 def to_array(proto: tensor_pb2.TensorProto, shape: tuple[int, ...]) -> np.ndarray:
-    """``tf.make_ndarray`` for a checked proto, read straight into numpy for the common dtypes.
+    """A checked proto as numpy, read straight from its fields for the common dtypes.
 
     ``make_ndarray`` costs about 17 µs a tensor in TensorFlow's Python; the requests this server sees are
     mostly a handful of one-row tensors, where that was a fifth of a request's CPU. Short value lists (which
-    TensorFlow broadcasts) and other dtypes still go through ``make_ndarray``.
+    TensorFlow fills with the last value) and other dtypes still go through ``make_ndarray``.
     """
     count = math.prod(shape)
     if proto.dtype == types_pb2.DT_STRING:
-        if not proto.tensor_content and len(proto.string_val) == count:
+        if len(proto.string_val) == count:
             return np.array(list(proto.string_val), dtype=object).reshape(shape)
         return tf.make_ndarray(proto)
+    if proto.dtype in _NARROW and not proto.tensor_content and len(proto.int_val) == count:
+        return np.array(proto.int_val, dtype=np.int64).astype(_NARROW[proto.dtype]).reshape(shape)
     np_type = _NUMPY.get(proto.dtype)
     if np_type is None:
         return tf.make_ndarray(proto)
@@ -158,19 +191,28 @@ def array_dtype(array: np.ndarray) -> tf.DType:
     """The TF dtype of a numpy array; object and bytes/str arrays are strings, as TF treats them."""
     if array.dtype == object or array.dtype.kind in "SU":
         return tf.string
-    try:
-        return tf.dtypes.as_dtype(array.dtype)
-    except TypeError as exc:
-        raise invalid_argument(f"numpy dtype {array.dtype} has no TensorFlow equivalent") from exc
+    return tf.dtypes.as_dtype(array.dtype)
 
 
-def check_arrays(arrays: Mapping[str, np.ndarray], specs: Mapping[str, tf.TensorSpec]) -> None:
-    """The numpy twin of :func:`decode_inputs`'s checks, for callers that already hold arrays (REST)."""
-    check_names(set(arrays), set(specs))
-    for name, array in arrays.items():
-        check_against_spec(name, array_dtype(array), tuple(array.shape), specs[name])
-
-
-def encode_output(array: np.ndarray) -> tensor_pb2.TensorProto:
-    """``array`` as a TensorProto, as TF Serving writes outputs (``tensor_content`` for numeric types)."""
-    return tf.make_tensor_proto(array)
+def encode_output(array: np.ndarray, tensor_content: bool = False) -> tensor_pb2.TensorProto:
+    """``array`` as TF Serving writes a Predict output: ``Tensor::AsProtoField`` (the typed value fields,
+    TF Serving's default) or, with ``tensor_content`` (``--enable_serialization_as_tensor_content``),
+    ``AsProtoTensorContent``."""
+    if tensor_content or array.dtype == object or array.dtype.kind in "SU":
+        return tf.make_tensor_proto(array)
+    dtype = tf.dtypes.as_dtype(array.dtype)
+    proto = tensor_pb2.TensorProto(dtype=dtype.as_datatype_enum)
+    for size in array.shape:
+        proto.tensor_shape.dim.add(size=size)
+    flat = array.reshape(-1)
+    enum = dtype.as_datatype_enum
+    if enum in (types_pb2.DT_HALF, types_pb2.DT_BFLOAT16):
+        proto.half_val.extend(flat.view(np.uint16).astype(np.int32).tolist())
+    elif enum in (types_pb2.DT_COMPLEX64, types_pb2.DT_COMPLEX128):
+        field = proto.scomplex_val if enum == types_pb2.DT_COMPLEX64 else proto.dcomplex_val
+        field.extend(np.stack([flat.real, flat.imag], axis=-1).reshape(-1).tolist())
+    elif enum in _VALUE_FIELDS:
+        getattr(proto, _VALUE_FIELDS[enum][0]).extend(flat.tolist())
+    else:
+        return tf.make_tensor_proto(array)
+    return proto

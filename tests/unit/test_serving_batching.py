@@ -268,7 +268,8 @@ def test_a_full_queue_answers_unavailable_and_later_requests_succeed(serve_with,
     responses = concurrently(server.stub, [request_for([float(i)]) for i in range(6)])
     rejected = [r for r in responses if isinstance(r, grpc.RpcError)]
     assert rejected and all(r.code() == grpc.StatusCode.UNAVAILABLE for r in rejected)
-    assert all("batch queue is full" in r.details() for r in rejected)
+    assert all(r.details() == "The batch scheduling queue to which this task was submitted is full"
+               for r in rejected)
     assert len(responses) - len(rejected) >= 2  # one running, one queued
     monkeypatch.setattr(batcher, "run_model", real)
     assert probabilities(server.stub.Predict(request_for([5.0]), timeout=30)).shape == (1,)

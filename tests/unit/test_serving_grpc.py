@@ -22,7 +22,8 @@ from tensorflow_serving.apis import (classification_pb2, get_model_metadata_pb2,
 from serving.grpc_server import build_server, serve
 from serving.model_config import ModelConfig, VersionPolicy, configs_to_proto, single_model_config
 from serving.models import ModelManager
-from serving.testing import EXAMPLES_SIGNATURE, export_standin_model, standin_example, standin_row
+from serving.testing import (CLASSIFY_SIGNATURE, EXAMPLES_SIGNATURE, REGRESS_SIGNATURE, export_standin_model,
+                             standin_example, standin_row)
 from tests.unit.serving_loop import LoopThread
 
 pytestmark = pytest.mark.unit
@@ -155,7 +156,41 @@ def test_get_model_status(served):
         (1, get_model_status_pb2.ModelVersionStatus.AVAILABLE),
         (2, get_model_status_pb2.ModelVersionStatus.AVAILABLE)}
     request.model_spec.name = "nope"
-    assert error_of(served.models.GetModelStatus, request).code() == grpc.StatusCode.NOT_FOUND
+    err = error_of(served.models.GetModelStatus, request)
+    assert (err.code(), err.details()) == (grpc.StatusCode.NOT_FOUND, "Could not find any versions of model nope")
+
+
+@pytest.mark.parametrize("choice, versions", [({}, [2, 1]), ({"version": 1}, [1]), ({"label": "stable"}, [2, 1]),
+                                              ({"label": "canary"}, [2, 1]), ({"label": "no-such-label"}, [2, 1])])
+def test_get_model_status_ignores_a_label_as_tf_serving_does(served, choice, versions):
+    """get_model_status_impl.cc looks only at model_spec.version: a label lists every version."""
+    request = get_model_status_pb2.GetModelStatusRequest()
+    request.model_spec.name = "tip"
+    if "version" in choice:
+        request.model_spec.version.value = choice["version"]
+    if "label" in choice:
+        request.model_spec.version_label = choice["label"]
+    response = served.models.GetModelStatus(request, timeout=30)
+    assert [s.version for s in response.model_version_status] == versions
+
+
+def test_get_model_status_of_an_unknown_version_is_not_found(served):
+    request = get_model_status_pb2.GetModelStatusRequest()
+    request.model_spec.name = "tip"
+    request.model_spec.version.value = 9
+    err = error_of(served.models.GetModelStatus, request)
+    assert (err.code(), err.details()) == (grpc.StatusCode.NOT_FOUND, "Could not find version 9 of model tip")
+
+
+@pytest.mark.parametrize("fields, message", [
+    ([], "GetModelMetadataRequest must specify at least one metadata_field"),
+    (["signature_def", "graph"], "Metadata field graph is not supported"),
+])
+def test_metadata_fields_are_checked_before_the_model_is_looked_up(served, fields, message):
+    request = get_model_metadata_pb2.GetModelMetadataRequest(metadata_field=fields)
+    request.model_spec.name = "no-such-model"
+    err = error_of(served.predictions.GetModelMetadata, request)
+    assert (err.code(), err.details()) == (grpc.StatusCode.INVALID_ARGUMENT, message)
 
 
 def test_reload_config_moves_a_label(served):
@@ -180,22 +215,44 @@ def test_unknown_model_or_version_is_not_found(served, request_kwargs):
     assert err.details().startswith("Servable not found for request:")
 
 
-@pytest.mark.parametrize("request_kwargs, message", [
-    (dict(label="nope"), "Unrecognized servable version label: nope"),
-    (dict(signature="nope"), 'Serving signature name: "nope" not found in signature def'),
+@pytest.mark.parametrize("request_kwargs, code, message", [
+    (dict(label="nope"), grpc.StatusCode.INVALID_ARGUMENT, "Unrecognized servable version label: nope"),
+    (dict(label="nope", name="no-such-model"), grpc.StatusCode.INVALID_ARGUMENT,
+     "Unrecognized servable version label: nope"),  # the label is looked up before the model
+    (dict(name=""), grpc.StatusCode.INVALID_ARGUMENT, "ModelSpec has no name specified."),
+    (dict(signature="nope"), grpc.StatusCode.FAILED_PRECONDITION, 'Serving signature key "nope" not found.'),
 ])
-def test_unknown_label_or_signature_is_invalid_argument_as_in_tf_serving(served, request_kwargs, message):
+def test_unknown_label_or_signature_get_tf_servings_codes(served, request_kwargs, code, message):
     err = error_of(served.predictions.Predict, predict_request(**request_kwargs))
-    assert err.code() == grpc.StatusCode.INVALID_ARGUMENT and err.details() == message
+    assert err.code() == code and err.details() == message
 
 
-def test_wrong_dtype_or_missing_input_is_invalid_argument_naming_the_tensor(served):
+def test_a_request_without_model_spec_is_invalid_argument_in_every_rpc(served):
+    for call, request in [(served.predictions.Predict, predict_pb2.PredictRequest()),
+                          (served.predictions.Classify, classification_pb2.ClassificationRequest()),
+                          (served.predictions.Regress, regression_pb2.RegressionRequest()),
+                          (served.predictions.GetModelMetadata,
+                           get_model_metadata_pb2.GetModelMetadataRequest(metadata_field=["signature_def"])),
+                          (served.models.GetModelStatus, get_model_status_pb2.GetModelStatusRequest())]:
+        err = error_of(call, request)
+        assert (err.code(), err.details()) == (grpc.StatusCode.INVALID_ARGUMENT, "Missing ModelSpec"), call
+
+
+def test_wrong_dtype_or_missing_input_is_invalid_argument_as_tf_servings_session_says(served):
     err = error_of(served.predictions.Predict, predict_request(fare=tf.make_tensor_proto(["12.5", "3"])))
-    assert err.code() == grpc.StatusCode.INVALID_ARGUMENT and "'fare'" in err.details()
+    # the feeds in sorted order: serving_default_company:0, serving_default_fare:0, ...
+    assert err.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert err.details() == "Expects arg[1] to be float but string is provided"
     err = error_of(served.predictions.Predict, predict_request(company=None))
-    assert err.code() == grpc.StatusCode.INVALID_ARGUMENT and "company" in err.details()
+    assert err.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert err.details().startswith("input size does not match signature: 7!=8 ")
+    assert err.details().endswith("Sent extra: {}. Missing but required: {company}.")
     err = error_of(served.predictions.Predict, predict_request(tip=tf.make_tensor_proto([1.0, 2.0])))
-    assert err.code() == grpc.StatusCode.INVALID_ARGUMENT and "tip" in err.details()
+    assert err.code() == grpc.StatusCode.INVALID_ARGUMENT and "Sent extra: {tip}." in err.details()
+    err = error_of(served.predictions.Predict, predict_request(company=None, tip=tf.make_tensor_proto([1.0])))
+    assert err.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert err.details().startswith("Signature input alias: company(feed name: serving_default_company:0) not "
+                                    "found in request")
     err = error_of(served.predictions.Predict, predict_request(fare=tf.make_tensor_proto([[1.0], [2.0]])))
     assert err.code() == grpc.StatusCode.INVALID_ARGUMENT and "'fare'" in err.details()
 
@@ -210,14 +267,37 @@ def malformed(dims: list[int], **content) -> tensor_pb2.TensorProto:
 @pytest.mark.parametrize("proto", [
     malformed([-1], float_val=[1.0]),
     malformed([2], tensor_content=np.array([1.0, 2.0, 3.0], np.float32).tobytes()),
-    malformed([2], float_val=[1.0, 2.0, 3.0]),
     malformed([1_000_000_000_000], float_val=[1.0]),
     malformed([1 << 40, 1 << 40], tensor_content=b"\0" * 8),
-], ids=["negative-dim", "content-size", "too-many-values", "huge-fill", "huge-content"])
+    tensor_pb2.TensorProto(dtype=types_pb2.DT_INVALID, float_val=[1.0, 2.0]),
+], ids=["negative-dim", "content-size", "huge-fill", "huge-content", "no-dtype"])
 def test_malformed_tensor_protos_are_invalid_and_the_server_keeps_answering(served, proto):
     err = error_of(served.predictions.Predict, predict_request(fare=proto))
-    assert err.code() == grpc.StatusCode.INVALID_ARGUMENT and "'fare'" in err.details()
+    assert err.code() == grpc.StatusCode.INVALID_ARGUMENT and err.details().startswith("tensor parsing error: fare")
     assert served.predictions.Predict(predict_request(), timeout=30).model_spec.version.value == 2
+
+
+def test_extra_values_are_ignored_and_missing_ones_repeat_the_last_as_tensorflow_reads_them(served):
+    """Tensor::FromProto: a value list longer than the shape is cut; a shorter one is filled with its last."""
+    long = served.predictions.Predict(predict_request(fare=malformed([2], float_val=[12.5, 12.5, 99.0])), timeout=30)
+    short = served.predictions.Predict(predict_request(fare=malformed([2], float_val=[12.5])), timeout=30)
+    assert np.array_equal(probabilities(long), probabilities(short))
+    assert np.array_equal(probabilities(long), direct_probabilities(served.base, 2))
+
+
+def test_small_ints_wrap_around_as_tensorflow_narrows_int_val(tmp_path):
+    """A DT_INT8 TensorProto's int_val holds int32s; TensorFlow narrows each one (300 -> 44, -129 -> 127)."""
+    from serving.inference import run_predict
+    from serving.servable import Servable
+    from serving.testing import export_signatures_model
+
+    servable = Servable.load("sigs", 1, export_signatures_model(tmp_path / "sigs", 1))
+    request = predict_pb2.PredictRequest()
+    request.model_spec.signature_name = "echo_int8"
+    request.inputs["x"].CopyFrom(tensor_pb2.TensorProto(
+        dtype=types_pb2.DT_INT8, int_val=[300, -129, 5],
+        tensor_shape=tensor_shape_pb2.TensorShapeProto(dim=[{"size": 3}])))
+    assert tf.make_ndarray(run_predict(servable, request).outputs["y"]).tolist() == [44, 127, 5]
 
 
 def test_an_oversized_request_is_resource_exhausted(served):
@@ -231,21 +311,41 @@ def test_classify_and_regress_take_tf_examples(served):
     expected = direct_probabilities(served.base, 2)
     request = classification_pb2.ClassificationRequest()
     request.model_spec.name = "tip"
-    request.model_spec.signature_name = EXAMPLES_SIGNATURE
+    request.model_spec.signature_name = CLASSIFY_SIGNATURE
     request.input.example_list.examples.extend([standin_example(), standin_example()])
     response = served.predictions.Classify(request, timeout=30)
     assert response.model_spec.version.value == 2
-    scores = [c.classes[0].score for c in response.result.classifications]
-    assert np.allclose(scores, expected)
+    assert [[c.label for c in r.classes] for r in response.result.classifications] == [["0", "1"]] * 2
+    assert np.allclose([r.classes[1].score for r in response.result.classifications], expected)
     regression = regression_pb2.RegressionRequest(model_spec=request.model_spec, input=request.input)
+    regression.model_spec.signature_name = REGRESS_SIGNATURE
     values = [r.value for r in served.predictions.Regress(regression, timeout=30).result.regressions]
     assert np.allclose(values, expected)
-    request.model_spec.signature_name = "serving_default"  # takes features, not examples
-    assert error_of(served.predictions.Classify, request).code() == grpc.StatusCode.INVALID_ARGUMENT
-    request.model_spec.signature_name = EXAMPLES_SIGNATURE
-    request.input.example_list.Clear()
+
+
+@pytest.mark.parametrize("signature, message", [
+    ("serving_default", "Expected one input Tensor."),  # takes features, not examples
+    (EXAMPLES_SIGNATURE, "No classification inputs found in SignatureDef: "),  # keyed "examples", not "inputs"
+    (REGRESS_SIGNATURE, 'Expected classification signature outputs to contain at least one of "classes" or '
+                        '"scores".'),
+    ("nope", "No signature was found with the name: nope"),
+])
+def test_classify_takes_only_signatures_of_tf_servings_form(served, signature, message):
+    request = classification_pb2.ClassificationRequest()
+    request.model_spec.name, request.model_spec.signature_name = "tip", signature
+    request.input.example_list.examples.append(standin_example())
     err = error_of(served.predictions.Classify, request)
-    assert err.code() == grpc.StatusCode.INVALID_ARGUMENT and "empty" in err.details()
+    assert err.code() == grpc.StatusCode.INVALID_ARGUMENT and err.details().startswith(message)
+
+
+def test_classify_and_regress_without_examples_are_invalid_argument(served):
+    for call, request in [(served.predictions.Classify, classification_pb2.ClassificationRequest()),
+                          (served.predictions.Regress, regression_pb2.RegressionRequest())]:
+        request.model_spec.name = "tip"
+        request.model_spec.signature_name = CLASSIFY_SIGNATURE if call == served.predictions.Classify \
+            else REGRESS_SIGNATURE
+        err = error_of(call, request)
+        assert (err.code(), err.details()) == (grpc.StatusCode.INVALID_ARGUMENT, "Input is empty.")
 
 
 def test_serve_polls_for_new_versions_and_applies_the_artificial_delay(tmp_path):

@@ -17,7 +17,8 @@ from serving.model_config import ModelConfig, VersionPolicy, configs_to_proto
 from serving.models import ModelManager
 from serving.rest import http_status, start_rest
 from serving.rest_json import json_value
-from serving.testing import EXAMPLES_SIGNATURE, export_standin_model, standin_example, standin_row
+from serving.testing import (CLASSIFY_SIGNATURE, EXAMPLES_SIGNATURE, REGRESS_SIGNATURE, export_standin_model,
+                             standin_example, standin_row)
 from tests.unit.serving_loop import LoopThread
 
 pytestmark = pytest.mark.unit
@@ -108,8 +109,10 @@ def available(version: str) -> dict:
 @pytest.mark.parametrize("path, versions", [
     ("/v1/models/tip", ["2", "1"]),
     ("/v1/models/tip/versions/1", ["1"]),
-    ("/v1/models/tip/labels/canary", ["2"]),
-    ("/v1/models/tip/labels/stable", ["1"]),
+    ("/v1/models/tip/labels/canary", ["2", "1"]),  # TF Serving's status ignores a label: every version
+    ("/v1/models/tip/labels/stable", ["2", "1"]),
+    ("/v1/models/tip/labels/no-such-label", ["2", "1"]),
+    ("/V1/MODELS/tip/VERSIONS/2", ["2"]),  # the path is matched case-insensitively
 ])
 def test_model_status_as_tf_serving_prints_it(served, path, versions):
     response = served.get(path)
@@ -189,15 +192,15 @@ def example_json(row: dict) -> dict:
     return {name: value for name, value in row.items()}
 
 
-def test_classify_and_regress_on_the_examples_signature(served):
+def test_classify_and_regress_on_the_examples_signatures(served):
     expected = direct(served.base, 2, rows())
-    body = {"signature_name": EXAMPLES_SIGNATURE, "examples": [example_json(row) for row in rows()]}
-    response = served.post("/v1/models/tip:classify", body)
+    examples = [example_json(row) for row in rows()]
+    response = served.post("/v1/models/tip:classify", {"signature_name": CLASSIFY_SIGNATURE, "examples": examples})
     assert response.status_code == 200, response.text
     results = response.json()["results"]
-    assert [len(r) for r in results] == [1, 1] and all(r[0][0] == "" for r in results)
-    assert np.array_equal(np.float32([r[0][1] for r in results]), expected)
-    response = served.post("/v1/models/tip:regress", body)
+    assert [[label for label, _ in r] for r in results] == [["0", "1"], ["0", "1"]]
+    assert np.array_equal(np.float32([r[1][1] for r in results]), expected)
+    response = served.post("/v1/models/tip:regress", {"signature_name": REGRESS_SIGNATURE, "examples": examples})
     assert response.status_code == 200, response.text
     assert np.array_equal(np.float32(response.json()["results"]), expected)
 
@@ -206,7 +209,7 @@ def test_regress_with_a_context_and_by_label(served):
     first, second = rows()
     shared = {"trips_count_1h": 20.0, "fare_avg_1h": 30.0, "pickup_community_area": 32}  # not the rows' own
     examples = [{k: v for k, v in row.items() if k not in shared} for row in (first, second)]
-    body = {"signature_name": EXAMPLES_SIGNATURE, "context": shared, "examples": examples}
+    body = {"signature_name": REGRESS_SIGNATURE, "context": shared, "examples": examples}
     response = served.post("/v1/models/tip/labels/stable:regress", body)
     assert response.status_code == 200, response.text
     merged = [{**first, **shared}, {**second, **shared}]  # the context's features merged into each example
@@ -228,17 +231,23 @@ BAD_PREDICTS = [
     ("/v1/models/tip/labels/nope:predict", {"instances": rows()}, 400, "Unrecognized servable version label: nope"),
     ("/v1/models/tip:predict", {"signature_name": "nope", "instances": rows()}, 400,
      'Serving signature name: "nope" not found in signature def'),
-    ("/v1/models/tip:predict", {"instances": [{**standin_row(), "fare": "12.5"}]}, 400, "'fare'"),
+    ("/v1/models/tip:predict", {"instances": [{**standin_row(), "fare": "12.5"}]}, 400,
+     "Failed to process element: 0 key: fare of 'instances' list. Error: INVALID_ARGUMENT: JSON Value: \"12.5\" "
+     "Type: String is not of expected type: float"),
     ("/v1/models/tip:predict", {"inputs": {**columns(rows()), "trip_seconds": [900.5, 2400]}}, 400,
-     "'trip_seconds'"),
-    ("/v1/models/tip:predict", {"inputs": {**columns(rows()), "company": [1, 2]}}, 400, "'company'"),
-    ("/v1/models/tip:predict", {"inputs": {**columns(rows()), "fare": [2 ** 25, 1.0]}}, 400,
-     "without loss of precision"),
-    ("/v1/models/tip:predict", {"instances": [without(row, "company") for row in rows()]}, 400, "company"),
-    ("/v1/models/tip:predict", {"inputs": without(columns(rows()), "company")}, 400, "company"),
-    ("/v1/models/tip:predict", {"instances": [{**standin_row(), "tip": 1.0}]}, 400, "tip"),
+     "JSON Value: 900.5 Type: Number is not of expected type: int64"),
+    ("/v1/models/tip:predict", {"inputs": {**columns(rows()), "company": [1, 2]}}, 400,
+     "JSON Value: 1 Type: Number is not of expected type: string"),
+    ("/v1/models/tip:predict", {"instances": [without(row, "company") for row in rows()]}, 400,
+     "keys must be equal to: company,fare,"),
+    ("/v1/models/tip:predict", {"inputs": without(columns(rows()), "company")}, 400,
+     "Missing named input: company in 'inputs' object."),
+    ("/v1/models/tip:predict", {"instances": [{**standin_row(), "tip": 1.0}]}, 400,
+     "JSON object: does not have named input: tip"),
     ("/v1/models/tip:predict", {"instances": [{**standin_row(), "fare": [1.0, 2.0]},
-                                              {**standin_row(), "fare": [1.0]}]}, 400, "'fare'"),
+                                              {**standin_row(), "fare": [1.0]}]}, 400,
+     "Failed to process element: 1 key: fare of 'instances' list. Error: INVALID_ARGUMENT: Expecting tensor size: 2 "
+     "but got: 1"),
     ("/v1/models/tip:predict", {"inputs": {**columns(rows()), "fare": [[1.0], [2.0]]}}, 400, "'fare'"),
     ("/v1/models/tip:predict", {"instances": [1.0, 2.0]}, 400, "instances is a plain list"),
     ("/v1/models/tip:predict", {"instances": []}, 400, "No values in 'instances' array"),
@@ -246,11 +255,15 @@ BAD_PREDICTS = [
     ("/v1/models/tip:predict", {"rows": rows()}, 400, "Missing 'inputs' or 'instances' key"),
     ("/v1/models/tip:predict", {"signature_name": 3, "instances": rows()}, 400, "'signature_name'"),
     ("/v1/models/tip:predict", [1, 2], 400, "Is not object"),
-    ("/v1/models/tip:classify", {"examples": [example_json(standin_row())]}, 400, "serving_default"),
-    ("/v1/models/tip:regress", {"signature_name": EXAMPLES_SIGNATURE, "examples": []}, 400, "empty"),
-    ("/v1/models/tip:regress", {"signature_name": EXAMPLES_SIGNATURE}, 400, "'examples'"),
-    ("/v1/models/tip:classify", {"signature_name": EXAMPLES_SIGNATURE, "examples": [{"fare": [1.0, "x"]}]}, 400,
-     "fare"),
+    ("/v1/models/tip:classify", {"examples": [example_json(standin_row())]}, 400, "Expected one input Tensor."),
+    ("/v1/models/tip:regress", {"signature_name": REGRESS_SIGNATURE, "examples": []}, 400,
+     "'examples' value is an empty array"),
+    ("/v1/models/tip:regress", {"signature_name": REGRESS_SIGNATURE}, 400,
+     "When method is classify, key 'examples' is expected and was not found"),  # TF Serving's words for :regress
+    ("/v1/models/tip:classify", {"signature_name": CLASSIFY_SIGNATURE, "examples": [{"fare": [1.0, "x"]}]}, 400,
+     "Unexpected element type in feature: fare expecting type: float"),
+    ("/v1/models/nope:predict", {"rows": rows()}, 404, "Servable not found"),  # the model before the body's form
+    ("/v1/models/tip:PREDICT", {"instances": rows()}, 400, "Malformed request: POST /v1/models/tip:PREDICT"),
 ]
 
 
@@ -263,8 +276,11 @@ def test_bad_requests_get_tf_serving_errors(served, path, body, status, message)
 @pytest.mark.parametrize("path, status, message", [
     ("/v1/models/nope", 404, "nope"),
     ("/v1/models/tip/versions/9", 404, "Could not find version 9 of model tip"),
-    ("/v1/models/tip/labels/nope", 400, "Unrecognized servable version label: nope"),
+    ("/v1/models/tip/labels/nope/metadata", 400, "Unrecognized servable version label: nope"),
     ("/v1/models/nope/metadata", 404, "Servable not found"),
+    ("/v1/models", 400, "Missing model name in request."),
+    ("/v1/models/versions/1", 400, "Missing model name in request."),
+    ("/v1/models/tip/versions/99999999999999999999", 400, "Failed to convert version: 99999999999999999999"),
     ("/v1/models/tip/versions/abc", 400, "Malformed request: GET /v1/models/tip/versions/abc"),
     ("/v1/nothing", 400, "Malformed request"),
     ("/nothing/here", 404, "/nothing/here"),

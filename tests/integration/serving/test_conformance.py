@@ -20,7 +20,8 @@ from tensorflow_serving.apis import (classification_pb2, get_model_metadata_pb2,
                                      prediction_service_pb2_grpc, regression_pb2)
 from tensorflow_serving.config import model_server_config_pb2
 
-from serving.testing import EXAMPLES_SIGNATURE, export_standin_model, standin_example, standin_row
+from serving.testing import (CLASSIFY_SIGNATURE, REGRESS_SIGNATURE, export_standin_model, standin_example,
+                             standin_row)
 from tests.integration.serving.conftest import MODEL
 
 pytestmark = pytest.mark.integration
@@ -155,16 +156,17 @@ def test_classify_and_regress_agree_with_predict(deployed):
         resp = predictions.Predict(predict_req(version=1, row={**standin_row(), "fare": 10.0 + i}), timeout=10)
         row_scores.append(float(tf.make_ndarray(resp.outputs["probabilities"])[0]))
     reg = regression_pb2.RegressionRequest(input=_examples())
-    reg.model_spec.name, reg.model_spec.signature_name = MODEL, EXAMPLES_SIGNATURE
+    reg.model_spec.name, reg.model_spec.signature_name = MODEL, REGRESS_SIGNATURE
     reg.model_spec.version.value = 1
     got = [r.value for r in predictions.Regress(reg, timeout=10).result.regressions]
     assert got == pytest.approx(row_scores, rel=1e-6)
     cls = classification_pb2.ClassificationRequest(input=_examples())
-    cls.model_spec.name, cls.model_spec.signature_name = MODEL, EXAMPLES_SIGNATURE
+    cls.model_spec.name, cls.model_spec.signature_name = MODEL, CLASSIFY_SIGNATURE
     cls.model_spec.version.value = 1
     result = predictions.Classify(cls, timeout=10).result
     assert len(result.classifications) == 3
-    assert [c.classes[0].score for c in result.classifications] == pytest.approx(row_scores, rel=1e-6)
+    assert [[c.label for c in r.classes] for r in result.classifications] == [["0", "1"]] * 3
+    assert [r.classes[1].score for r in result.classifications] == pytest.approx(row_scores, rel=1e-6)
 
 
 # --- ModelService ------------------------------------------------------------------------------------
@@ -173,9 +175,9 @@ def test_get_model_status_by_model_version_and_label(deployed):
     assert states(deployed) == {1: AVAILABLE, 2: AVAILABLE}
     req = get_model_status_pb2.GetModelStatusRequest()
     req.model_spec.name = MODEL
-    req.model_spec.version_label = "stable"
+    req.model_spec.version_label = "stable"  # TF Serving's GetModelStatus ignores a label: every version
     resp = models.GetModelStatus(req, timeout=5)
-    assert [s.version for s in resp.model_version_status] == [1]
+    assert [s.version for s in resp.model_version_status] == [2, 1]
 
 
 def test_label_on_a_version_that_is_not_served_is_refused(deployed):
@@ -212,9 +214,10 @@ def test_version_policies_latest_and_specific(deployed):
     (lambda r: setattr(r.model_spec, "name", "nope"), grpc.StatusCode.NOT_FOUND, "nope"),
     (lambda r: r.model_spec.version.__setattr__("value", 9), grpc.StatusCode.NOT_FOUND, "9"),
     (lambda r: setattr(r.model_spec, "version_label", "gold"), grpc.StatusCode.INVALID_ARGUMENT, "gold"),
-    (lambda r: setattr(r.model_spec, "signature_name", "nosig"), grpc.StatusCode.INVALID_ARGUMENT, "nosig"),
+    (lambda r: setattr(r.model_spec, "signature_name", "nosig"), grpc.StatusCode.FAILED_PRECONDITION, "nosig"),
     (lambda r: r.inputs.pop("fare"), grpc.StatusCode.INVALID_ARGUMENT, "fare"),
-    (lambda r: r.inputs["fare"].CopyFrom(tf.make_tensor_proto(["x"])), grpc.StatusCode.INVALID_ARGUMENT, "fare"),
+    (lambda r: r.inputs["fare"].CopyFrom(tf.make_tensor_proto(["x"])), grpc.StatusCode.INVALID_ARGUMENT,
+     "but string is provided"),  # the session's feed check names the argument's place, not the tensor
 ])
 def test_errors_have_tf_servings_codes(deployed, mutate, code, needle):
     predictions, _ = stubs(deployed)
@@ -231,7 +234,8 @@ def test_rest_status_metadata_and_predict(deployed):
     status = requests.get(base, timeout=5).json()["model_version_status"]
     assert {s["version"]: s["state"] for s in status} == {"1": "AVAILABLE", "2": "AVAILABLE"}
     assert requests.get(f"{base}/versions/1", timeout=5).json()["model_version_status"][0]["version"] == "1"
-    assert requests.get(f"{base}/labels/stable", timeout=5).json()["model_version_status"][0]["version"] == "1"
+    by_label = requests.get(f"{base}/labels/stable", timeout=5).json()["model_version_status"]  # label ignored
+    assert [s["version"] for s in by_label] == ["2", "1"]
     meta = requests.get(f"{base}/metadata", timeout=5).json()
     assert "serving_default" in meta["metadata"]["signature_def"]["signature_def"]
     row = standin_row()
@@ -241,7 +245,7 @@ def test_rest_status_metadata_and_predict(deployed):
                          timeout=10).json()
     assert cols["outputs"] == pytest.approx([expected(deployed, 2)], rel=1e-6)
     reg = requests.post(f"{base}/versions/1:regress", timeout=10, json={
-        "signature_name": EXAMPLES_SIGNATURE, "examples": [row]}).json()
+        "signature_name": REGRESS_SIGNATURE, "examples": [row]}).json()
     assert reg["results"] == pytest.approx([expected(deployed, 1)], rel=1e-6)
 
 
