@@ -22,9 +22,10 @@ from liveml.errors import LivemlError, ServiceError
 @click.argument("flags", nargs=-1, type=click.UNPROCESSED)
 @click.pass_context
 def serve(ctx, flags) -> None:
-    """Run the model server in the foreground. Takes tensorflow_model_server's flags (--port,
-    --rest_api_port, --model_name, --model_base_path, --model_config_file, --enable_batching, ...);
-    without model flags it serves liveml.yaml's model config."""
+    """Run the model server in the foreground. Takes every flag of tensorflow_model_server (--port,
+    --rest_api_port, --model_name, --model_base_path, --model_config_file, --enable_batching,
+    --rest_api_enable_cors_support, --rest_api_timeout_in_ms, ...; as --flag=value or --flag value; the
+    list is serving/flags.py); without model flags it serves liveml.yaml's model config."""
     from liveml.stack.serving import ensure_model_config
     from serving.server import main as server_main
 

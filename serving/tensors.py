@@ -198,12 +198,15 @@ def encode_output(array: np.ndarray, tensor_content: bool = False) -> tensor_pb2
     """``array`` as TF Serving writes a Predict output: ``Tensor::AsProtoField`` (the typed value fields,
     TF Serving's default) or, with ``tensor_content`` (``--enable_serialization_as_tensor_content``),
     ``AsProtoTensorContent``."""
-    if tensor_content or array.dtype == object or array.dtype.kind in "SU":
+    if array.dtype == object or array.dtype.kind in "SU":  # strings: string_val either way
         return tf.make_tensor_proto(array)
     dtype = tf.dtypes.as_dtype(array.dtype)
     proto = tensor_pb2.TensorProto(dtype=dtype.as_datatype_enum)
     for size in array.shape:
         proto.tensor_shape.dim.add(size=size)
+    if tensor_content:
+        proto.tensor_content = np.ascontiguousarray(array, dtype=array.dtype.newbyteorder("<")).tobytes()
+        return proto
     flat = array.reshape(-1)
     enum = dtype.as_datatype_enum
     if enum in (types_pb2.DT_HALF, types_pb2.DT_BFLOAT16):

@@ -278,3 +278,21 @@ def test_tensorflows_python_stack_is_scrubbed_from_op_errors():
 def test_grpc_messages_are_cut_as_tf_serving_cuts_them():
     assert grpc_details("x" * 1024) == "x" * 1024
     assert grpc_details("x" * 1025) == "x" * 1024 + "...TRUNCATED"
+
+
+@pytest.mark.parametrize("array", [np.array([1.5, -2.0], np.float32), np.array([[1, 2]], np.int64),
+                                   np.array([0.1], np.float64), np.array([True, False]), np.array([-3, 4], np.int8),
+                                   np.array([7], np.uint16), np.array([2 ** 40], np.uint64),
+                                   np.array([1.5], np.float16), np.array([b"a", b"\xff"], dtype=object)])
+def test_outputs_are_value_fields_by_default_and_tensor_content_on_request(array):
+    """Tensor::AsProtoField (TF Serving's default) or AsProtoTensorContent
+    (--enable_serialization_as_tensor_content); TensorFlow reads both back to the same array."""
+    import tensorflow as tf
+
+    from serving.tensors import encode_output
+
+    fields, content = encode_output(array), encode_output(array, tensor_content=True)
+    assert not fields.tensor_content
+    assert bool(content.tensor_content) == (array.dtype != object)
+    for proto in (fields, content):
+        assert tf.make_ndarray(proto).tolist() == array.tolist() and tf.make_ndarray(proto).dtype == array.dtype
