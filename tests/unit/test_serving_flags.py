@@ -5,7 +5,6 @@ a whole TF Serving command line starts the server, CORS and the REST timeout inc
 from __future__ import annotations
 
 import logging
-import os
 import re
 import socket
 import subprocess
@@ -21,7 +20,7 @@ from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
 
 from serving.flags import FLAGS, TF_FLAGS, FlagError, no_effect_lines, parse, parse_value
 from serving.testing import export_standin_model, standin_row
-from tests.conftest import LIVEML, OFFLINE_PORTS, REPO, write_test_config
+from tests.conftest import LIVEML, OFFLINE_PORTS, REPO, env_without_config, write_test_config
 
 pytestmark = pytest.mark.unit
 
@@ -149,7 +148,7 @@ def test_a_tensorflow_model_server_command_line_starts_liveml_serve(tmp_path):
     rest_port = free_port()
     config = write_test_config(tmp_path / "home", OFFLINE_PORTS)
     log_path = tmp_path / "server.log"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("LIVEML_")}
+    env = env_without_config()  # a developer's config stays out; LIVEML_PROC_MARK and the like stay in
     with open(log_path, "wb") as log:
         proc = subprocess.Popen([LIVEML, "--config", str(config), "serve", *command_line(tmp_path, rest_port)],
                                 cwd=REPO, stdout=log, stderr=subprocess.STDOUT, env=env)
