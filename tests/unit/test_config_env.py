@@ -161,3 +161,12 @@ def test_the_tests_strip_only_what_addresses_the_config(monkeypatch):
     assert env["LIVEML_NO_APT"] == "1" and env["LIVEML_PROC_MARK"] == "/y" and env["FLINK_CONF_DIR"] == "/x"
     assert not {"LIVEML_KAFKA__HEAP", "LIVEML_HOME", "LIVEML_CONFIG"} & set(env)
     assert "FLINK_CONF_DIR" not in env_without_config("FLINK_")
+
+
+def test_no_test_strips_every_liveml_variable():
+    """A test that drops every LIVEML_* variable from a command's environment cannot see item 9 again;
+    tests.conftest.env_without_config drops only what selects or overrides a config."""
+    blind = re.compile(r"startswith\(\(?[\"']" + "LIVEML" + r"_[\"']")
+    found = [f"{p.relative_to(REPO)}:{i}" for p in sorted((REPO / "tests").rglob("*.py"))
+             for i, line in enumerate(p.read_text().splitlines(), 1) if blind.search(line)]
+    assert found == [], found
