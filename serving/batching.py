@@ -28,7 +28,7 @@ How a :class:`Batcher` works (TF Serving's shared batch scheduler and batching s
 * Processing concatenates the inputs along dim 0, pads up to the next ``allowed_batch_sizes`` entry
   (repeating the first row), runs the signature ONCE, and gives each request its own rows of every
   output. An error fails every request in the batch with the same status; so does an output whose 0th
-  dim is not the batch size (INTERNAL).
+  dim is not the batch size (FAILED_PRECONDITION, as batching_session.cc).
 * A request larger than ``max_batch_size`` is rejected with INVALID_ARGUMENT naming its size (TF
   Serving's behaviour without ``enable_large_batch_splitting``; splitting is not supported and turning it
   on fails at start-up).
@@ -135,11 +135,12 @@ def merge_inputs(parts: Sequence[Mapping[str, np.ndarray]], allowed_batch_sizes:
 def split_outputs(outputs: Mapping[str, np.ndarray], sizes: Sequence[int],
                   batch_size: int) -> list[dict[str, np.ndarray]]:
     """Each request's rows of every output (padding rows dropped)."""
-    for name, array in outputs.items():
-        if array.ndim == 0 or array.shape[0] != batch_size:
-            raise fail("batch_output_unsplittable",
-                       f"Batched output tensor {name!r} has shape {list(array.shape)}; its 0th dimension "
-                       f"must equal the batch size {batch_size} to split it between requests")
+    for array in outputs.values():
+        if array.ndim == 0:
+            raise fail("batch_output_unsplittable", "Batched output tensor has 0 dimensions")
+        if array.shape[0] != batch_size:
+            raise fail("batch_output_unsplittable", "Batched output tensor's 0th dimension does not equal the sum of "
+                                                    "the 0th dimension sizes of the input tensors")
     results, start = [], 0
     for size in sizes:
         results.append({name: array[start:start + size] for name, array in outputs.items()})

@@ -144,8 +144,8 @@ ERRORS: dict[str, ErrorRow] = {
         C.UNAVAILABLE, "tensorflow/core/kernels/batching_util/shared_batch_scheduler.h",
         "max_enqueued_batches batches already waiting"),
     "batch_output_unsplittable": ErrorRow(
-        C.INTERNAL, "batching/batching_session.cc SplitOutputTensors",
-        "a batched output whose 0th dimension is not the batch size"),
+        C.FAILED_PRECONDITION, "batching/batching_session.cc SplitOutputTensors",
+        "a batched output without dimensions, or whose 0th dimension is not the batch size"),
     # -- transport ---------------------------------------------------------------------------------------------
     "message_too_large": ErrorRow(
         C.RESOURCE_EXHAUSTED, "model_servers/server.cc (gRPC's max receive message length)",

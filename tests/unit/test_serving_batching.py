@@ -81,7 +81,9 @@ def test_merge_pads_with_the_first_row_and_split_drops_the_padding():
     assert size == 2 and merged["s"].tolist() == [[b"a", b"a"], [b"b", b"c"]]
     with pytest.raises(ServingError) as err:
         split_outputs({"y": np.array([1.0, 2.0])}, [1, 2], 3)
-    assert err.value.code == grpc.StatusCode.INTERNAL and "'y'" in err.value.message
+    assert err.value.code == grpc.StatusCode.FAILED_PRECONDITION  # batching_session.cc SplitOutputTensors
+    assert err.value.message == "Batched output tensor's 0th dimension does not equal the sum of the 0th " \
+                                "dimension sizes of the input tensors"
 
 
 # -- through the gRPC server --------------------------------------------------------------------------------
