@@ -138,8 +138,11 @@ def export_signatures_model(base_path: str | Path, version: int = 1) -> Path:
     * ``echo_<dtype>`` (method predict) for each of :data:`ECHO_DTYPES`: ``x`` of any shape -> ``y``, the
       same tensor; ``echo_bytes``: a string ``x`` -> ``y_bytes`` (written as base64 in JSON);
     * ``classify_rank1`` (predict): ``inputs`` -> ``scores`` ``[None]``, a classify output of the wrong rank;
+    * ``regress_wide`` (predict): ``inputs`` -> ``outputs`` ``[None, 2]``, a regress output of the wrong shape;
+    * ``to_half`` / ``to_uint16``: ``x`` float / int32 ``[None]`` -> ``y`` in a dtype JSON cannot express;
+    * ``sum``: ``x`` float ``[None]`` -> ``y`` ``[1]``, its sum: an output that is not per row;
     * ``custom_method``: method :data:`CUSTOM_METHOD`, ``x`` float -> ``y``;
-    * ``slow``: ``n`` int64 scalar -> ``count``, after a loop of ``n`` steps (for timeouts).
+    * ``slow``: ``n`` int64 ``[None]`` -> ``count`` ``[None]``, after a loop of max(n) steps (for timeouts).
     """
     path = Path(base_path) / str(int(version))
     v1 = tf.compat.v1
@@ -156,7 +159,13 @@ def export_signatures_model(base_path: str | Path, version: int = 1) -> Path:
             "serving_default": sig.classification_signature_def(serialized, classes, scores),
             "regress": sig.regression_signature_def(serialized, tf.expand_dims(p, 1)),
             "classify_rank1": sig.predict_signature_def({"inputs": serialized}, {"scores": p}),
+            "regress_wide": sig.predict_signature_def({"inputs": serialized}, {"outputs": scores}),
         }
+        floats = v1.placeholder(tf.float32, [None], name="floats_x")
+        ints = v1.placeholder(tf.int32, [None], name="ints_x")
+        signatures["to_half"] = sig.predict_signature_def({"x": floats}, {"y": tf.cast(floats, tf.float16)})
+        signatures["to_uint16"] = sig.predict_signature_def({"x": ints}, {"y": tf.cast(ints, tf.uint16)})
+        signatures["sum"] = sig.predict_signature_def({"x": floats}, {"y": tf.reshape(tf.reduce_sum(floats), [1])})
         for name, dtype in ECHO_DTYPES.items():
             value = v1.placeholder(dtype, None, name=f"echo_{name}_x")
             signatures[f"echo_{name}"] = sig.predict_signature_def({"x": value}, {"y": tf.identity(value)})
@@ -166,9 +175,9 @@ def export_signatures_model(base_path: str | Path, version: int = 1) -> Path:
         signatures["custom_method"] = sig.build_signature_def(
             {"x": utils.build_tensor_info(custom_x)}, {"y": utils.build_tensor_info(tf.identity(custom_x))},
             CUSTOM_METHOD)
-        steps = v1.placeholder(tf.int64, [], name="slow_n")
-        count = tf.while_loop(lambda i: i < steps, lambda i: i + 1, [tf.constant(0, tf.int64)])[0]
-        signatures["slow"] = sig.predict_signature_def({"n": steps}, {"count": count})
+        steps = v1.placeholder(tf.int64, [None], name="slow_n")
+        count = tf.while_loop(lambda i: i < tf.reduce_max(steps), lambda i: i + 1, [tf.constant(0, tf.int64)])[0]
+        signatures["slow"] = sig.predict_signature_def({"n": steps}, {"count": tf.fill(tf.shape(steps), count)})
         with v1.Session(graph=graph) as session:
             builder = v1.saved_model.Builder(str(path))
             builder.add_meta_graph_and_variables(session, [tf.saved_model.SERVING], signature_def_map=signatures)

@@ -5,7 +5,6 @@ stubs and plain REST), so it runs unchanged against a real TF Serving (see conft
 from __future__ import annotations
 
 import asyncio
-import shutil
 import time
 
 import grpc
@@ -16,61 +15,14 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from tensorflow.core.framework import tensor_pb2, tensor_shape_pb2, types_pb2
 from tensorflow_serving.apis import (classification_pb2, get_model_metadata_pb2, get_model_status_pb2,
-                                     input_pb2, model_management_pb2, model_service_pb2_grpc, predict_pb2,
-                                     prediction_service_pb2_grpc, regression_pb2)
-from tensorflow_serving.config import model_server_config_pb2
+                                     input_pb2, predict_pb2, prediction_service_pb2_grpc, regression_pb2)
 
 from serving.testing import (CLASSIFY_SIGNATURE, REGRESS_SIGNATURE, export_standin_model, standin_example,
                              standin_row)
-from tests.integration.serving.conftest import MODEL
+from tests.integration.serving.conftest import (AVAILABLE, BIAS, MODEL, config, reload, states, stubs,
+                                                wait_for)
 
 pytestmark = pytest.mark.integration
-
-AVAILABLE = get_model_status_pb2.ModelVersionStatus.AVAILABLE
-BIAS = {1: -1.0, 2: 1.0, 3: 0.5}
-
-
-def stubs(server):
-    channel = grpc.insecure_channel(server.grpc_address)
-    return prediction_service_pb2_grpc.PredictionServiceStub(channel), model_service_pb2_grpc.ModelServiceStub(channel)
-
-
-def config(server, versions=None, labels=None) -> model_server_config_pb2.ModelServerConfig:
-    cfg = model_server_config_pb2.ModelServerConfig()
-    m = cfg.model_config_list.config.add(name=MODEL, base_path=str(server.model_path()), model_platform="tensorflow")
-    if versions == "all":
-        m.model_version_policy.all.SetInParent()
-    elif versions:
-        m.model_version_policy.specific.versions.extend(versions)
-    for k, v in (labels or {}).items():
-        m.version_labels[k] = v
-    return cfg
-
-
-def reload(server, cfg):
-    _, models = stubs(server)
-    return models.HandleReloadConfigRequest(model_management_pb2.ReloadConfigRequest(config=cfg), timeout=60)
-
-
-def states(server) -> dict[int, int]:
-    _, models = stubs(server)
-    req = get_model_status_pb2.GetModelStatusRequest()
-    req.model_spec.name = MODEL
-    try:
-        resp = models.GetModelStatus(req, timeout=5)
-    except grpc.RpcError:
-        return {}
-    return {s.version: s.state for s in resp.model_version_status}
-
-
-def wait_for(pred, timeout=60.0, what="condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if pred():
-            return
-        time.sleep(0.2)
-    raise AssertionError(f"timed out waiting for {what}")
-
 
 INT_INPUTS = {"trip_seconds", "pickup_community_area"}
 
@@ -104,19 +56,6 @@ def expected(server, version: int, row=None) -> float:
     loaded = tf.saved_model.load(str(server.model_path() / str(version)))
     args = {k: tf.constant([v], dtype=_dtype(k, v)) for k, v in (row or standin_row()).items()}
     return float(loaded.signatures["serving_default"](**args)["probabilities"].numpy()[0])
-
-
-@pytest.fixture(scope="module")
-def deployed(tf_server):
-    """Versions 1 and 2 on disk, both served, labelled stable=1 and canary=2."""
-    shutil.rmtree(tf_server.model_path(), ignore_errors=True)
-    for v in (1, 2):
-        export_standin_model(tf_server.model_path(), v, bias=BIAS[v])
-    assert reload(tf_server, config(tf_server, versions="all")).status.error_code == 0
-    wait_for(lambda: all(states(tf_server).get(v) == AVAILABLE for v in (1, 2)), what="versions 1 and 2")
-    resp = reload(tf_server, config(tf_server, versions="all", labels={"stable": 1, "canary": 2}))
-    assert resp.status.error_code == 0, resp.status.error_message
-    return tf_server
 
 
 # --- PredictionService -------------------------------------------------------------------------------
