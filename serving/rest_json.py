@@ -271,11 +271,11 @@ def _type_error(value: Any, dtype: int) -> ServingError:
 
 
 def _is_integer_in(value: Any, bounds: tuple[int, int]) -> bool:
-    return type(value) is int and bounds[0] <= value <= bounds[1]
+    return isinstance(value, int) and not isinstance(value, bool) and bounds[0] <= value <= bounds[1]
 
 
 def _is_number(value: Any) -> bool:
-    return type(value) in (int, float)
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 # dtype -> (does a JSON value convert, numpy type of the values as read, numpy type of the tensor)
@@ -289,8 +289,8 @@ _CONVERSIONS = {
     types_pb2.DT_INT64: (lambda v: _is_integer_in(v, _INT64), np.int64, np.int64),
     types_pb2.DT_UINT32: (lambda v: _is_integer_in(v, _UINT32), np.uint32, np.uint32),
     types_pb2.DT_UINT64: (lambda v: _is_integer_in(v, _UINT64), np.uint64, np.uint64),
-    types_pb2.DT_BOOL: (lambda v: type(v) is bool, np.bool_, np.bool_),
-    types_pb2.DT_STRING: (lambda v: type(v) is str, object, object),
+    types_pb2.DT_BOOL: (lambda v: isinstance(v, bool), np.bool_, np.bool_),
+    types_pb2.DT_STRING: (lambda v: isinstance(v, str), object, object),
 }
 
 
