@@ -127,6 +127,8 @@ def prepare_arrays(servable: Servable, signature_name: str, arrays: dict[str, np
 
 def predict_response(servable: Servable, signature_name: str,
                      outputs: Mapping[str, np.ndarray]) -> predict_pb2.PredictResponse:
+    """The PredictResponse for ``outputs`` (alias -> array): the version and signature that computed them, each
+    output as predict_util.cc ``PostProcessPredictionResult`` writes it (value fields, or tensor_content)."""
     response = predict_pb2.PredictResponse(model_spec=response_spec(servable, signature_name))
     for name, array in outputs.items():
         response.outputs[name].CopyFrom(encode_output(array, servable.options.tensor_content))
@@ -134,6 +136,8 @@ def predict_response(servable: Servable, signature_name: str,
 
 
 def run_predict(servable: Servable, request: predict_pb2.PredictRequest) -> predict_pb2.PredictResponse:
+    """predict_util.cc ``RunPredict`` on one version: the request checked (:func:`prepare_predict`), run, answered.
+    Errors are :class:`~serving.errors.ServingError` rows of :data:`serving.errors.ERRORS`."""
     name, arrays, outputs = prepare_predict(servable, request)
     return predict_response(servable, name, servable.run(name, arrays, outputs))
 
@@ -232,6 +236,8 @@ def _check_matrix(kind: str, array: np.ndarray, dtype: int, count: int) -> None:
 
 def run_classify(servable: Servable,
                  request: classification_pb2.ClassificationRequest) -> classification_pb2.ClassificationResponse:
+    """classifier.cc ``RunClassify``: one Classifications per example, ``num_classes`` (label, score) pairs each
+    (a label is "" without a ``classes`` output, a score 0 without ``scores``)."""
     name, signature = classification_signature(servable, request.model_spec.signature_name)
     wanted = [key for key in (CLASSIFY_CLASSES, CLASSIFY_SCORES) if key in signature.outputs]
     outputs, count = _run_on_examples(servable, name, signature, request.input, wanted)
@@ -256,6 +262,7 @@ def run_classify(servable: Servable,
 
 def run_regress(servable: Servable,
                 request: regression_pb2.RegressionRequest) -> regression_pb2.RegressionResponse:
+    """regressor.cc ``RunRegress``: one float per example, from ``outputs`` ``[batch]`` or ``[batch, 1]``."""
     name, signature = regression_signature(servable, request.model_spec.signature_name)
     outputs, count = _run_on_examples(servable, name, signature, request.input, [REGRESS_OUTPUTS])
     values = outputs[REGRESS_OUTPUTS]
@@ -336,18 +343,21 @@ async def predict(manager: "ModelManager", request: predict_pb2.PredictRequest,
 
 async def classify(manager: "ModelManager", request: classification_pb2.ClassificationRequest,
                    delay_s: float = 0.0) -> classification_pb2.ClassificationResponse:
+    """Classify (classification_service.cc): the ModelSpec checked and resolved, :func:`run_classify` in a thread."""
     require_model_spec(request)
     return await manager.call(request.model_spec, lambda s: run_classify(s, request), delay_s=delay_s)
 
 
 async def regress(manager: "ModelManager", request: regression_pb2.RegressionRequest,
                   delay_s: float = 0.0) -> regression_pb2.RegressionResponse:
+    """Regress (regression_service.cc): the ModelSpec checked and resolved, :func:`run_regress` in a thread."""
     require_model_spec(request)
     return await manager.call(request.model_spec, lambda s: run_regress(s, request), delay_s=delay_s)
 
 
 async def get_model_metadata(manager: "ModelManager", request: get_model_metadata_pb2.GetModelMetadataRequest
                              ) -> get_model_metadata_pb2.GetModelMetadataResponse:
+    """GetModelMetadata (get_model_metadata_impl.cc): the ModelSpec, then the fields, then the version."""
     require_model_spec(request)
     check_metadata_fields(request)
     return await manager.call(request.model_spec, lambda s: model_metadata(s, request))

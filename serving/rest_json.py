@@ -500,6 +500,8 @@ def row_outputs(outputs: Mapping[str, np.ndarray]) -> list:
 
 
 def columnar_outputs(outputs: Mapping[str, np.ndarray]) -> Any:
+    """``outputs`` (``MakeColumnarFormatJsonFromTensors``): each output whole; the value itself when there is
+    only one, else an object of them."""
     values = {name: json_value(name, array) for name, array in sorted(outputs.items())}
     return next(iter(values.values())) if len(values) == 1 else values
 

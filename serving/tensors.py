@@ -146,6 +146,7 @@ def check_dtypes(arrays: Mapping[str, np.ndarray], signature: meta_graph_pb2.Sig
 
 
 def check_shapes(arrays: Mapping[str, np.ndarray], specs: Mapping[str, tf.TensorSpec]) -> None:
+    """Each input's shape is one the signature's TensorSpec takes (step 4 of the module docstring)."""
     for alias in sorted(arrays):
         shape = arrays[alias].shape
         spec = specs[alias]
