@@ -95,9 +95,11 @@ def test_a_server_without_versions_names_the_model_and_the_commands(empty):
     with pytest.raises(ModelNotFound) as err:
         _predict(f"127.0.0.1:{empty.port}", label="stable")
     exc = err.value
-    assert isinstance(exc, grpc.aio.AioRpcError) and exc.code() == grpc.StatusCode.NOT_FOUND  # as it always was
+    # a model with no version has no labels: TF Serving's GetModelVersionForLabel (server_core.cc) answers
+    # INVALID_ARGUMENT "Unrecognized servable version label", and the client still knows it for a missing model
+    assert isinstance(exc, grpc.aio.AioRpcError) and exc.code() == grpc.StatusCode.INVALID_ARGUMENT
     text = str(exc)
-    assert "no version of model 'tip' loaded" in text and f"127.0.0.1:{empty.port}" in text
+    assert "no version of model 'tip' under label 'stable'" in text and f"127.0.0.1:{empty.port}" in text
     assert "`liveml train`" in text and "`liveml models promote <version> --label stable --model tip`" in text
 
 
