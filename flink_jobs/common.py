@@ -32,16 +32,30 @@ def catalog_ddl(cfg: LivemlConfig) -> str:
     return f"CREATE CATALOG IF NOT EXISTS {cfg.catalog.name} WITH ({opts})"
 
 
+def consumer_group(cfg: LivemlConfig, name: str) -> str:
+    """A job source's Kafka consumer group, ``<topic prefix>liveml-<name>``: stable across runs, so the
+    offsets it commits at each checkpoint are where the next run without state starts; one per tenant."""
+    return f"{cfg.kafka.topic_prefix}liveml-{name}"
+
+
 def kafka_source_options(cfg: LivemlConfig, topic: str, group_id: str, bounded: bool = False,
-                         since_ms: int | None = None, startup: str = "earliest-offset") -> dict[str, str]:
-    """Kafka connector options: where to start (a timestamp, or ``startup``) and, if bounded, where to stop
-    (the offsets that are latest when the job starts)."""
+                         since_ms: int | None = None, startup: str = "group-offsets") -> dict[str, str]:
+    """Kafka connector options: where to start and, if bounded, where to stop (the offsets that are latest
+    when the job starts).
+
+    A run restored from a savepoint or checkpoint reads on from the offsets in its state, whatever these
+    say. Without state it starts at ``since_ms`` if given, else (``group-offsets``) at the offsets the
+    consumer group ``group_id`` committed, which the source commits when a checkpoint completes, so a
+    job started again without state does not read again what its sinks already committed; a group that
+    never committed starts at the earliest offset."""
     opts = {"connector": "kafka", "topic": topic, "properties.bootstrap.servers": cfg.kafka.bootstrap_servers,
             "properties.group.id": group_id}
     if since_ms is not None:
         opts.update({"scan.startup.mode": "timestamp", "scan.startup.timestamp-millis": str(since_ms)})
     else:
         opts["scan.startup.mode"] = startup
+        if startup == "group-offsets":
+            opts["properties.auto.offset.reset"] = "earliest"
     if bounded:
         opts["scan.bounded.mode"] = "latest-offset"
     return opts

@@ -35,7 +35,7 @@ from pyflink.table import StreamTableEnvironment
 from pyiceberg.types import DoubleType, IntegerType, LongType, StringType, TimestamptzType
 
 from flink_jobs import feature_sql as fsql
-from flink_jobs.common import catalog_ddl, ensure_pipeline_jars
+from flink_jobs.common import catalog_ddl, consumer_group, ensure_pipeline_jars
 from flink_jobs.enrich_operator import EnrichFunction, StatusIs
 from flink_jobs.features_job import configure
 from iceberg_schemas.sources import PREDICTIONS_TOPIC, TRIPS
@@ -124,7 +124,7 @@ def build_enrich_job(env: StreamExecutionEnvironment, t_env: StreamTableEnvironm
                      kafka_sink: bool = True, exactly_once_kafka: bool = True):
     """Declare the job on ``t_env``; returns the statement set (attached to ``env`` by the caller)."""
     t_env.execute_sql(catalog_ddl(cfg))
-    for ddl in fsql.good_events_ddl(TRIPS, cfg, "liveml-enrich", bounded, since_ms):
+    for ddl in fsql.good_events_ddl(TRIPS, cfg, consumer_group(cfg, "enrich"), bounded, since_ms):
         t_env.execute_sql(ddl)
     fields_in = input_fields()
     # Processing-time windows do not fire at the end of a bounded input (measured: a 2 s window over a

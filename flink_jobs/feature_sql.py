@@ -38,7 +38,7 @@ def _typed(f: EventField) -> str:
 
 
 def kafka_source_ddl(src: EventSource, cfg: LivemlConfig, group_id: str, bounded: bool = False,
-                     startup: str = "earliest-offset", since_ms: int | None = None,
+                     startup: str = "group-offsets", since_ms: int | None = None,
                      out_of_orderness_ms: int = 500) -> str:
     """The topic as raw payloads, with an event-time column and watermark computed from the payload.
 

@@ -18,7 +18,7 @@ from pyflink.table import StreamTableEnvironment, TableEnvironment
 from iceberg_schemas.features import FEATURE_VIEWS, FeatureView
 from iceberg_schemas.sources import SOURCES, EventSource
 from flink_jobs import feature_sql as fsql
-from flink_jobs.common import catalog_ddl
+from flink_jobs.common import catalog_ddl, consumer_group
 from flink_jobs.udfs import redis_upsert_udf
 from liveml.config import LivemlConfig, load_config
 
@@ -33,7 +33,7 @@ def build_feature_job(t_env: TableEnvironment, cfg: LivemlConfig,
     used = {v.source for v in views}
     sources: list[EventSource] = [SOURCES[name] for name in sorted(used)]
     for src in sources:
-        for ddl in fsql.good_events_ddl(src, cfg, f"liveml-features-{src.name}", bounded, since_ms,
+        for ddl in fsql.good_events_ddl(src, cfg, consumer_group(cfg, f"features-{src.name}"), bounded, since_ms,
                                         out_of_orderness_ms):
             t_env.execute_sql(ddl)
         t_env.execute_sql(fsql.dlq_sink_ddl(src, cfg, exactly_once_dlq))

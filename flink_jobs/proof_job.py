@@ -18,7 +18,7 @@ from typing import Sequence
 from pyflink.table import DataTypes, StreamTableEnvironment, TableEnvironment
 from pyflink.table.udf import udf
 
-from flink_jobs.common import catalog_ddl, kafka_source_options
+from flink_jobs.common import catalog_ddl, consumer_group, kafka_source_options
 from liveml.config import LivemlConfig, load_config
 
 SOURCE_TOPIC = "proof"
@@ -32,7 +32,7 @@ def tidy_name(name: str | None) -> str | None:
 
 
 def source_ddl(cfg: LivemlConfig, topic: str, bounded: bool, since_ms: int | None) -> str:
-    opts = {**kafka_source_options(cfg, topic, "liveml-proof", bounded, since_ms),
+    opts = {**kafka_source_options(cfg, topic, consumer_group(cfg, "proof"), bounded, since_ms),
             "format": "json", "json.ignore-parse-errors": "true"}
     rendered = ", ".join(f"'{k}' = '{v}'" for k, v in opts.items())
     return ("CREATE TEMPORARY TABLE proof_source (id BIGINT, name STRING, `value` DOUBLE, event_time_ms BIGINT)"
