@@ -1,6 +1,10 @@
-"""What every job file shares: the connector jars on ``pipeline.jars``, the catalog, Kafka source options."""
+"""What every job file shares: the connector jars on ``pipeline.jars``, the catalog, Kafka source options,
+where a long-running job keeps its state."""
 
 from __future__ import annotations
+
+import re
+from typing import Any, Callable
 
 from pyflink.common import Configuration
 from pyflink.table import TableEnvironment
@@ -59,3 +63,108 @@ def kafka_source_options(cfg: LivemlConfig, topic: str, group_id: str, bounded: 
     if bounded:
         opts["scan.bounded.mode"] = "latest-offset"
     return opts
+
+
+def state_configuration(cfg: LivemlConfig, job: str, bounded: bool = False) -> Configuration:
+    """The settings that let an unbounded run of ``job`` (its `liveml submit` name) resume after a cancel,
+    a failure or a restart of the cluster: checkpoints in the job's own directory under LIVEML_HOME
+    (:mod:`liveml.job_state`), retained when the job is cancelled or fails. Give it to
+    ``StreamExecutionEnvironment.get_execution_environment``, so a plain `flink run -py` of the job file
+    keeps its state where `liveml submit` looks for it.
+
+    A bounded run keeps no state there (its Kafka splits end at the offsets it started with, which an
+    unbounded job restored from them would stop at) and its checkpoints go when it ends."""
+    from liveml.job_state import checkpoint_dir, keeps_state
+
+    conf = Configuration()
+    if keeps_state(job, bounded):
+        conf.set_string("execution.checkpointing.dir", checkpoint_dir(cfg, job).as_uri())
+        conf.set_string("execution.checkpointing.externalized-checkpoint-retention", "RETAIN_ON_CANCELLATION")
+    else:
+        conf.set_string("execution.checkpointing.externalized-checkpoint-retention", "DELETE_ON_CANCELLATION")
+    return conf
+
+
+class PlanRecorder:
+    """A table environment as a job's builder uses it, noting every statement the job declares: the job's
+    plan, which decides how Flink maps saved state onto operators (:func:`liveml.job_state.check_plan`).
+
+    Connector options (addresses, topic names) and the catalog are left out: they move with the config, not
+    with the plan. Anything else is delegated to the real environment."""
+
+    def __init__(self, t_env: TableEnvironment):
+        self._t_env = t_env
+        self.statements: list[str] = []
+
+    def __getattr__(self, name: str):
+        return getattr(self._t_env, name)
+
+    def note(self, text: str) -> None:
+        """Something besides SQL that shapes the job's state (e.g. a DataStream operator)."""
+        self.statements.append(text)
+
+    def execute_sql(self, sql: str):
+        if not sql.lstrip().upper().startswith("CREATE CATALOG"):
+            self.note(re.sub(r"\)\s*WITH\s*\(.*\)\s*$", ")", sql.strip(), flags=re.S))
+        return self._t_env.execute_sql(sql)
+
+    def sql_query(self, sql: str):
+        self.note(sql.strip())
+        return self._t_env.sql_query(sql)
+
+    def create_temporary_function(self, name: str, function) -> None:
+        self.note(f"FUNCTION {name}")
+        self._t_env.create_temporary_function(name, function)
+
+    def create_statement_set(self):
+        return _RecordingStatementSet(self._t_env.create_statement_set(), self)
+
+
+class _RecordingStatementSet:
+    def __init__(self, stmts, recorder: PlanRecorder):
+        self._stmts, self._recorder = stmts, recorder
+
+    def __getattr__(self, name: str):
+        return getattr(self._stmts, name)
+
+    def add_insert_sql(self, sql: str):
+        self._recorder.note(sql.strip())
+        self._stmts.add_insert_sql(sql)
+        return self
+
+
+def check_resumable(t_env: TableEnvironment, cfg: LivemlConfig, job: str, bounded: bool,
+                    recorder: PlanRecorder) -> None:
+    """Before the job is submitted: if Flink is to restore it (``flink run -s``, which `liveml submit`
+    passes), refuse a state written by another plan (:func:`liveml.job_state.check_plan`), unless the
+    submission allows non-restored state (``-n``)."""
+    from liveml.job_state import check_plan, keeps_state
+
+    conf = t_env.get_config()
+    location = conf.get("execution.state-recovery.path", None)
+    allow = str(conf.get("execution.state-recovery.ignore-unclaimed-state", "false")).lower() == "true"
+    if location and keeps_state(job, bounded) and not allow:
+        check_plan(cfg, job, location, recorder.statements)
+
+
+def record_plan(cfg: LivemlConfig, job: str, bounded: bool, job_id, recorder: PlanRecorder) -> None:
+    """After the job is submitted: note its plan under its id, for the runs that resume from its state."""
+    from liveml.job_state import keeps_state, record_plan as record
+
+    if job_id is not None and keeps_state(job, bounded):
+        record(cfg, job, str(job_id), recorder.statements)
+
+
+def execute_resumable(t_env: TableEnvironment, cfg: LivemlConfig, job: str, bounded: bool,
+                      recorder: PlanRecorder, execute: Callable[[], Any]) -> Any:
+    """``execute()`` the job between :func:`check_resumable` and :func:`record_plan`; returns its result
+    (a TableResult or a JobExecutionResult)."""
+    check_resumable(t_env, cfg, job, bounded, recorder)
+    result = execute()
+    if hasattr(result, "get_job_client"):
+        client = result.get_job_client()
+        job_id = client.get_job_id() if client is not None else None
+    else:
+        job_id = result.get_job_id()
+    record_plan(cfg, job, bounded, job_id, recorder)
+    return result

@@ -35,7 +35,8 @@ from pyflink.table import StreamTableEnvironment
 from pyiceberg.types import DoubleType, IntegerType, LongType, StringType, TimestamptzType
 
 from flink_jobs import feature_sql as fsql
-from flink_jobs.common import catalog_ddl, consumer_group, ensure_pipeline_jars
+from flink_jobs.common import (PlanRecorder, catalog_ddl, consumer_group, ensure_pipeline_jars, execute_resumable,
+                               state_configuration)
 from flink_jobs.enrich_operator import EnrichFunction, StatusIs
 from flink_jobs.features_job import configure
 from iceberg_schemas.sources import PREDICTIONS_TOPIC, TRIPS
@@ -142,6 +143,8 @@ def build_enrich_job(env: StreamExecutionEnvironment, t_env: StreamTableEnvironm
     wait = AsyncDataStream.ordered_wait_with_retry if enrich.ordered else AsyncDataStream.unordered_wait_with_retry
     enriched = wait(batches, function, Time.milliseconds(enrich.timeout_ms), strategy, enrich.capacity, out_type) \
         .name("predict (async gRPC)").uid("liveml-enrich-predict")
+    if hasattr(t_env, "note"):  # a PlanRecorder: the async operator's state is part of the job's plan
+        t_env.note(f"ASYNC liveml-enrich-predict ordered={enrich.ordered} in={[n for n, _ in fields_in]} out={names}")
     t_env.create_temporary_view("enriched", t_env.from_data_stream(enriched))
     stmts = t_env.create_statement_set()
     stmts.add_insert_sql(iceberg_insert(cfg.catalog.name))
@@ -175,14 +178,15 @@ def main(argv: Sequence[str] | None = None) -> None:
                                    "deadline_ms": args.deadline_ms, "ordered": args.ordered}.items()
                  if v is not None}
     enrich = EnrichConfig(**{**cfg.enrich.model_dump(), **overrides})
-    env = StreamExecutionEnvironment.get_execution_environment()
+    env = StreamExecutionEnvironment.get_execution_environment(state_configuration(cfg, "enrich", args.bounded))
     t_env = StreamTableEnvironment.create(env)
     ensure_pipeline_jars(t_env, cfg)
     configure(t_env, args.parallelism, "liveml-enrich")
-    stmts = build_enrich_job(env, t_env, cfg, enrich, bounded=args.bounded, since_ms=args.since_ms,
+    recorder = PlanRecorder(t_env)
+    stmts = build_enrich_job(env, recorder, cfg, enrich, bounded=args.bounded, since_ms=args.since_ms,
                              kafka_sink=not args.no_kafka, exactly_once_kafka=not args.kafka_at_least_once)
     stmts.attach_as_datastream()
-    env.execute("liveml-enrich")
+    execute_resumable(t_env, cfg, "enrich", args.bounded, recorder, lambda: env.execute("liveml-enrich"))
 
 
 if __name__ == "__main__":

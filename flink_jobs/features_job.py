@@ -91,21 +91,22 @@ def main(argv: Sequence[str] | None = None) -> None:
 
     from pyflink.datastream import StreamExecutionEnvironment
 
-    from flink_jobs.common import ensure_pipeline_jars
+    from flink_jobs.common import PlanRecorder, ensure_pipeline_jars, execute_resumable, state_configuration
     from iceberg_schemas.features import view
 
     cfg = load_config(args.config)
     views = [view(v) for v in args.views.split(",")] if args.views else list(FEATURE_VIEWS)
-    env = StreamExecutionEnvironment.get_execution_environment()
+    env = StreamExecutionEnvironment.get_execution_environment(state_configuration(cfg, "features", args.bounded))
     t_env = StreamTableEnvironment.create(env)
     ensure_pipeline_jars(t_env, cfg)
     configure(t_env, args.parallelism, "liveml-features", args.idle_timeout)
-    stmts = build_feature_job(t_env, cfg, views, bounded=args.bounded, since_ms=args.since_ms,
+    recorder = PlanRecorder(t_env)
+    stmts = build_feature_job(recorder, cfg, views, bounded=args.bounded, since_ms=args.since_ms,
                               out_of_orderness_ms=args.out_of_orderness_ms, redis=not args.no_redis)
     if args.explain:
         print(stmts.explain())
         return
-    stmts.execute()
+    execute_resumable(t_env, cfg, "features", args.bounded, recorder, stmts.execute)
 
 
 if __name__ == "__main__":

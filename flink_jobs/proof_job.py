@@ -65,15 +65,17 @@ def main(argv: Sequence[str] | None = None) -> None:
 
     from pyflink.datastream import StreamExecutionEnvironment
 
-    from flink_jobs.common import ensure_pipeline_jars
+    from flink_jobs.common import PlanRecorder, ensure_pipeline_jars, execute_resumable, state_configuration
 
     cfg = load_config(args.config)
-    env = StreamExecutionEnvironment.get_execution_environment()
+    bounded = not args.unbounded
+    env = StreamExecutionEnvironment.get_execution_environment(state_configuration(cfg, "proof", bounded))
     t_env = StreamTableEnvironment.create(env)
     ensure_pipeline_jars(t_env, cfg)
     t_env.get_config().set("pipeline.name", f"liveml-proof: {args.topic} -> {args.sink}")
-    stmts = build_proof_job(t_env, cfg, args.topic, args.sink, not args.unbounded, args.since_ms)
-    stmts.execute()
+    recorder = PlanRecorder(t_env)
+    stmts = build_proof_job(recorder, cfg, args.topic, args.sink, bounded, args.since_ms)
+    execute_resumable(t_env, cfg, "proof", bounded, recorder, stmts.execute)
 
 
 if __name__ == "__main__":

@@ -186,25 +186,36 @@ def tables_list(ctx: click.Context, as_json: bool) -> None:
 @main.command(context_settings={"ignore_unknown_options": True})
 @click.argument("job")
 @click.argument("job_args", nargs=-1, type=click.UNPROCESSED)
+@click.option("--fresh", is_flag=True, help="Start without the job's saved state (Kafka from the offsets its "
+                                             "consumer group committed); its windows start empty.")
+@click.option("--allow-non-restored-state", is_flag=True,
+              help="Resume even if the saved state has operators the job no longer has (dropping theirs).")
 @click.option("--print-command", is_flag=True, help="Print the `flink run` command instead of running it.")
 @click.option("--json", "as_json", is_flag=True)
 @click.pass_context
-def submit(ctx: click.Context, job: str, job_args: tuple[str, ...], print_command: bool, as_json: bool) -> None:
-    """Submit a job (e.g. `proof`) to the running Flink cluster with every jar and the venv's Python.
+def submit(ctx: click.Context, job: str, job_args: tuple[str, ...], fresh: bool, allow_non_restored_state: bool,
+           print_command: bool, as_json: bool) -> None:
+    """Submit a job (e.g. `features`) to the running Flink cluster with every jar and the venv's Python.
 
-    A job whose source topic does not exist is refused (`liveml tables create` makes them)."""
+    An unbounded run of features, enrich or proof resumes from the newest savepoint (`liveml cancel`,
+    `liveml down`) or retained checkpoint of that job, and says which; --fresh starts without it. A job
+    whose source topic does not exist is refused (`liveml tables create` makes them)."""
     import shlex
 
     from liveml import flink
 
     cfg = _cfg(ctx)
     if print_command:
-        click.echo(shlex.join(flink.run_command(cfg, job, job_args)))
+        plan = flink.state_plan(flink.job_config(cfg, job_args), job, job_args, fresh)
+        point = plan.get("point")
+        click.echo(shlex.join(flink.run_command(cfg, job, job_args, restore=point.path if point else None,
+                                                allow_non_restored_state=allow_non_restored_state)))
         return
-    result = flink.submit(cfg, job, job_args)
-    data = {"job": job, "job_id": result["job_id"], "command": result["command"]}
-    _emit(data, as_json, lambda d: console.print(f"submitted {job}: job id {d['job_id']} "
-                                                 f"(see `liveml jobs`, {cfg.flink.rest_url})"))
+    result = flink.submit(cfg, job, job_args, fresh=fresh, allow_non_restored_state=allow_non_restored_state)
+    data = {"job": job, "job_id": result["job_id"], "command": result["command"], "state": result["state"]}
+    _emit(data, as_json, lambda d: console.print(f"submitted {job}: job id {d['job_id']}, starting "
+                                                 f"{d['state']['start']} (see `liveml jobs`, {cfg.flink.rest_url})",
+                                                 highlight=False, soft_wrap=True))
 
 
 @main.command()

@@ -14,6 +14,7 @@ import sys
 import time
 from pathlib import Path
 from typing import Any, Sequence
+from urllib.parse import urlparse
 
 import requests
 
@@ -145,8 +146,10 @@ def pipeline_jars_value(cfg: LivemlConfig) -> str:
     return ";".join(j.as_uri() for j in job_jars(cfg))
 
 
-def run_command(cfg: LivemlConfig, job: str, job_args: Sequence[str] = (), detached: bool = True) -> list[str]:
-    """The exact `flink run` command line for ``job`` (a name from JOBS or a path to a job file)."""
+def run_command(cfg: LivemlConfig, job: str, job_args: Sequence[str] = (), detached: bool = True,
+                restore: Path | str | None = None, allow_non_restored_state: bool = False) -> list[str]:
+    """The exact `flink run` command line for ``job`` (a name from JOBS or a path to a job file), resuming
+    from the savepoint or retained checkpoint ``restore`` (``-s``) if one is given."""
     path = Path(JOBS.get(job, job))
     path = path if path.is_absolute() else REPO_ROOT / path
     if not path.is_file():
@@ -155,6 +158,10 @@ def run_command(cfg: LivemlConfig, job: str, job_args: Sequence[str] = (), detac
     cmd = [str(flink_home() / "bin" / "flink"), "run", "-m", f"{cfg.flink.host}:{cfg.flink.port}"]
     if detached:
         cmd.append("-d")
+    if restore is not None:
+        cmd += ["-s", Path(restore).as_uri() if Path(str(restore)).is_absolute() else str(restore)]
+        if allow_non_restored_state:
+            cmd.append("-n")
     cmd += ["-py", str(path), "-pyexec", py, "-pyclientexec", py]
     jars = pipeline_jars_value(cfg)
     if jars:
@@ -247,10 +254,21 @@ def check_source_topics(cfg: LivemlConfig, job: str, job_args: Sequence[str] = (
 
 
 def submit(cfg: LivemlConfig, job: str, job_args: Sequence[str] = (), detached: bool = True,
-           timeout: float = 300) -> dict[str, Any]:
-    """`flink run` ``job``; first Flink must answer and the job's source topics must exist."""
+           timeout: float = 300, fresh: bool = False, allow_non_restored_state: bool = False) -> dict[str, Any]:
+    """`flink run` ``job``; first Flink must answer and the job's source topics must exist.
+
+    An unbounded run of a job that keeps state (:data:`liveml.job_state.STATEFUL_JOBS`) resumes from the
+    newest savepoint or retained checkpoint of that job and tenant, unless ``fresh`` or ``--since-ms`` says
+    where to start instead; ``result["state"]`` says which. Without state its Kafka sources start from the
+    offsets its consumer group committed (the earliest when none). A restore Flink refuses (the job's
+    operators no longer match the state) is an error that names the ways on."""
+    from liveml import job_state
+
     rest_check(cfg)
-    cmd = run_command(cfg, job, job_args, detached)
+    jcfg = job_config(cfg, job_args)
+    plan = state_plan(jcfg, job, job_args, fresh)
+    restore = plan.pop("point", None)
+    cmd = run_command(cfg, job, job_args, detached, restore.path if restore else None, allow_non_restored_state)
     check_source_topics(cfg, job, job_args)
     proc = subprocess.run(cmd, env=flink_env(cfg), capture_output=True, text=True, timeout=timeout)
     out = proc.stdout + proc.stderr
@@ -259,8 +277,98 @@ def submit(cfg: LivemlConfig, job: str, job_args: Sequence[str] = (), detached: 
         if "JobID" in line:
             job_id = line.strip().split()[-1]
     if proc.returncode != 0:
+        if restore is not None:
+            _raise_restore_refused(job, restore, out)
         raise ServiceError(f"`flink run` for {job} failed (exit {proc.returncode}):\n{_failure_summary(out)}")
-    return {"job": job, "job_id": job_id, "command": cmd, "output": out}
+    if plan["keeps_state"]:
+        if restore is None:
+            job_state.mark_fresh(jcfg, job)
+        elif job_id and detached:
+            plan["restored"] = check_restored(cfg, job, job_id, restore)
+        try:
+            active = [j["id"] for j in list_jobs(cfg) if j["state"] in job_state.ACTIVE_STATES]
+            job_state.prune(jcfg, job, active)
+        except LivemlError:
+            pass  # pruning is housekeeping; the submission stands
+    return {"job": job, "job_id": job_id, "command": cmd, "output": out, "state": plan}
+
+
+def state_plan(cfg: LivemlConfig, job: str, job_args: Sequence[str], fresh: bool) -> dict[str, Any]:
+    """Where a submission of ``job`` starts: ``{"keeps_state", "resumed_from", "start", "point"}``."""
+    from liveml import job_state
+
+    opts = job_state.run_options(job, job_args)
+    keeps = job_state.keeps_state(job, opts.bounded)
+    plan: dict[str, Any] = {"keeps_state": keeps, "state_dir": str(job_state.job_dir(cfg, job)) if keeps else None,
+                            "resumed_from": None}
+    offsets = "Kafka from the offsets its consumer group committed (the earliest when none)"
+    if opts.since_ms is not None:
+        plan["start"] = f"without state, Kafka from --since-ms {opts.since_ms}"
+    elif not keeps:
+        kind = "a bounded run" if job in job_state.STATEFUL_JOBS else "a job that keeps no state"
+        plan["start"] = f"without state ({kind}), {offsets}"
+    elif fresh:
+        plan["start"] = f"without state (--fresh), {offsets}"
+    else:
+        point = job_state.latest(cfg, job)
+        if point is None:
+            plan["start"] = f"without state (none saved for {job_state.state_key(cfg, job)}), {offsets}"
+        else:
+            plan.update(point=point, resumed_from=point.as_dict(), start=f"from {point.describe()}")
+    return plan
+
+
+def _raise_restore_refused(job: str, point, out: str) -> None:
+    """A submission that failed because the saved state does not fit the job: one message with the ways on
+    (the job's plan check, :func:`liveml.job_state.check_plan`, or Flink's own refusal)."""
+    for line in out.splitlines():
+        if "PlanChanged: " in line:
+            raise LivemlError(line.split("PlanChanged: ", 1)[1].strip())
+    refused = next((l.strip() for l in out.splitlines() if "Cannot map checkpoint/savepoint state" in l), None)
+    if refused:
+        raise LivemlError(
+            f"job {job} could not resume from {point.describe()}: {refused.split(': ', 1)[-1]} "
+            f"If the job changed (another query, fewer views), `liveml submit {job} --fresh` starts without "
+            f"state from the committed Kafka offsets (its windows then start empty), and "
+            f"`liveml submit {job} --allow-non-restored-state` drops the state of operators it no longer has.")
+
+
+def check_restored(cfg: LivemlConfig, job: str, job_id: str, point, timeout: float = 120) -> bool:
+    """Wait until Flink has mapped the restored state onto the new job (it leaves INITIALIZING). A job that
+    fails there is cancelled and reported, with what to do: the state names operators the job no longer
+    has (a changed query, fewer views), so `--allow-non-restored-state` drops theirs, or `--fresh` starts
+    without state. Returns whether Flink reports the job restored from ``point``."""
+    deadline = time.monotonic() + timeout
+    state = "INITIALIZING"
+    while time.monotonic() < deadline:
+        state = job_detail(cfg, job_id)["state"]
+        if state not in ("INITIALIZING", "CREATED"):
+            break
+        time.sleep(0.25)
+    if state == "FAILED" or state == "RESTARTING":
+        cause = _root_cause(cfg, job_id)
+        if state == "RESTARTING":
+            cancel_job(cfg, job_id)
+        raise LivemlError(
+            f"job {job} ({job_id}) could not resume from {point.describe()}: {cause}\n"
+            f"If the job changed (another query, fewer views), `liveml submit {job} --allow-non-restored-state` "
+            f"drops the state of operators it no longer has, and `liveml submit {job} --fresh` starts without "
+            "state from the committed Kafka offsets (its windows then start empty).")
+    restored = (_rest(cfg, "GET", f"/jobs/{job_id}/checkpoints", job_id).json().get("latest") or {}).get("restored")
+    where = urlparse(str((restored or {}).get("external_path", ""))).path
+    return bool(where) and Path(where).resolve() == Path(point.path).resolve()
+
+
+def _root_cause(cfg: LivemlConfig, job_id: str) -> str:
+    try:
+        entries = _rest(cfg, "GET", f"/jobs/{job_id}/exceptions", job_id).json()["exceptionHistory"]["entries"]
+    except (LivemlError, KeyError, ValueError):
+        return "Flink gave no reason"
+    if not entries:
+        return "Flink gave no reason"
+    trace = entries[0].get("stacktrace", "")
+    causes = [l for l in trace.splitlines() if l.startswith("Caused by:")]
+    return (causes[-1] if causes else trace.splitlines()[0] if trace else entries[0].get("exceptionName", "")).strip()
 
 
 def _failure_summary(out: str) -> str:
