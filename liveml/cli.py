@@ -91,13 +91,18 @@ def up(ctx: click.Context, services: tuple[str, ...], as_json: bool) -> None:
 @click.option("--json", "as_json", is_flag=True)
 @click.pass_context
 def down(ctx: click.Context, services: tuple[str, ...], as_json: bool) -> None:
-    """Stop what `liveml up` started, by pid. Harmless when nothing runs."""
+    """Stop what `liveml up` started, by pid. Harmless when nothing runs.
+
+    Running Flink jobs are first stopped with a savepoint, so `liveml up` then `liveml submit` resumes them."""
     from liveml.stack import launcher
 
     result = launcher.down(_cfg(ctx), services)
 
     def render(d: dict) -> None:
         for name, r in d["services"].items():
+            for job in r.get("jobs", []):
+                where = f": {job['savepoint']}" if job.get("savepoint") else ""
+                console.print(f"  job {job['job_id']} ({job.get('name')}) {job['outcome']}{where}", highlight=False)
             extra = f" (ports still open: {r['ports_still_open']})" if r["ports_still_open"] else ""
             console.print(f"  {name:<11} {r['outcome']}{extra}")
 
@@ -238,13 +243,29 @@ def jobs(ctx: click.Context, as_json: bool) -> None:
 
 @main.command()
 @click.argument("job_id")
+@click.option("--hard", is_flag=True, help="Cancel without a savepoint (the next submit resumes from the job's "
+                                            "latest retained checkpoint).")
+@click.option("--timeout", type=float, default=120.0, show_default=True, help="Seconds to wait for the savepoint.")
+@click.option("--json", "as_json", is_flag=True)
 @click.pass_context
-def cancel(ctx: click.Context, job_id: str) -> None:
-    """Cancel a Flink job by id."""
-    from liveml import flink
+def cancel(ctx: click.Context, job_id: str, hard: bool, timeout: float, as_json: bool) -> None:
+    """Stop a Flink job by id: with a savepoint the next `liveml submit` resumes from, or --hard.
 
-    flink.cancel_job(_cfg(ctx), job_id)
-    console.print(f"cancel requested for {job_id}")
+    A job that keeps no state (a bounded run, a batch job) is cancelled; so is one whose savepoint fails,
+    which then resumes from its latest retained checkpoint."""
+    from liveml import job_state
+
+    result = job_state.stop(_cfg(ctx), job_id, hard=hard, timeout=timeout)
+
+    def render(d: dict) -> None:
+        where = f": savepoint {d['savepoint']}" if d.get("savepoint") else ""
+        if d.get("savepoint_error"):
+            where += f" (the savepoint failed: {d['savepoint_error']})"
+        if d.get("retained_checkpoint"):
+            where += f"; its latest retained checkpoint is {d['retained_checkpoint']}"
+        console.print(f"{job_id} {d['outcome']} in {d['seconds']:.1f} s{where}", highlight=False, soft_wrap=True)
+
+    _emit(result, as_json, render)
 
 
 # --- replay and features ------------------------------------------------------------------------------

@@ -252,3 +252,107 @@ def check_plan(cfg: LivemlConfig, job: str, location: str, statements: Sequence[
 def _clip(text: str, n: int = 300) -> str:
     one = " ".join(text.split())
     return one if len(one) <= n else one[:n] + " ..."
+
+
+# --- stopping ----------------------------------------------------------------------------------------------
+def stop_with_savepoint(cfg: LivemlConfig, job_id: str, target: Path, timeout: float = 120) -> str:
+    """``POST /jobs/:id/stop`` without drain: a synchronous savepoint into ``target``, then the job
+    finishes. The sinks commit what the savepoint holds (Iceberg, Kafka transactions); windows keep their
+    state. Returns the savepoint's location; raises :class:`ServiceError` with Flink's reason."""
+    from liveml import flink
+
+    made_dir(target)
+    resp = flink._rest(cfg, "POST", f"/jobs/{job_id}/stop", job_id,
+                       json={"targetDirectory": target.as_uri(), "drain": False}, timeout=10)
+    trigger = resp.json()["request-id"]
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        status = flink._rest(cfg, "GET", f"/jobs/{job_id}/savepoints/{trigger}", job_id).json()
+        if status.get("status", {}).get("id") == "COMPLETED":
+            op = status.get("operation") or {}
+            if "location" in op:
+                return op["location"]
+            cause = op.get("failure-cause") or {}
+            reason = (cause.get("stack-trace") or cause.get("class") or str(cause)).splitlines()[0]
+            raise ServiceError(f"the savepoint of job {job_id} failed: {reason}")
+        time.sleep(0.25)
+    raise ServiceError(f"the savepoint of job {job_id} did not complete in {timeout:.0f} s")
+
+
+def _state_of(cfg: LivemlConfig, job_id: str) -> str:
+    from liveml import flink
+
+    return flink.job_detail(cfg, job_id)["state"]
+
+
+def _wait_ended(cfg: LivemlConfig, job_id: str, timeout: float = 60) -> str:
+    deadline = time.monotonic() + timeout
+    state = _state_of(cfg, job_id)
+    while state in ACTIVE_STATES and time.monotonic() < deadline:
+        time.sleep(0.25)
+        state = _state_of(cfg, job_id)
+    return state
+
+
+def stop(cfg: LivemlConfig, job_id: str, hard: bool = False, timeout: float = 120) -> dict[str, Any]:
+    """What `liveml cancel JOB_ID` does. A job that keeps state is stopped with a savepoint into its job
+    directory; ``hard``, or a job that keeps none (a bounded run, a batch job), is cancelled. A savepoint
+    that fails (the job is restarting, say) falls back to a cancel, and the next submission resumes from
+    the job's latest retained checkpoint; the result says which."""
+    from liveml import flink
+
+    flink.rest_check(cfg)
+    t0 = time.monotonic()
+    detail = flink.job_detail(cfg, job_id)
+    key = key_of_job(cfg, job_id)
+    out: dict[str, Any] = {"job_id": job_id, "name": detail.get("name"), "state_key": key, "savepoint": None}
+    if detail["state"] not in ACTIVE_STATES:
+        return {**out, "outcome": f"already {detail['state']}", "seconds": 0.0}
+    if key is not None and not hard:
+        try:
+            out["savepoint"] = stop_with_savepoint(cfg, job_id, jobs_root(cfg) / key / "savepoints", timeout)
+            out["outcome"] = "stopped with a savepoint"
+        except (ServiceError, LivemlError) as exc:
+            out["savepoint_error"] = str(exc)
+    if out["savepoint"] is None:
+        if _state_of(cfg, job_id) in ACTIVE_STATES:
+            flink.cancel_job(cfg, job_id)
+        out["outcome"] = "cancelled"
+    out["final_state"] = _wait_ended(cfg, job_id)
+    out["seconds"] = round(time.monotonic() - t0, 2)
+    if key is not None and out["savepoint"] is None:
+        retained = [p for p in points_in(jobs_root(cfg) / key) if p.kind == "checkpoint"]
+        out["retained_checkpoint"] = str(retained[0].path) if retained else None
+    return out
+
+
+def stop_all(cfg: LivemlConfig, timeout: float = 120,
+             log: Callable[[str], None] | None = None) -> list[dict[str, Any]]:
+    """Stop every active job on the cluster, each with a savepoint when it keeps state (see :func:`stop`):
+    what `liveml down` does before it stops Flink, so that `down`, `up`, `submit` resumes. Savepoints are
+    triggered together and then awaited."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from liveml import flink
+
+    try:
+        flink.rest_check(cfg)
+    except ServiceError:
+        return []
+    active = [j for j in flink.list_jobs(cfg) if j["state"] in ACTIVE_STATES]
+    if not active:
+        return []
+    with ThreadPoolExecutor(max_workers=len(active)) as pool:
+        results = list(pool.map(lambda j: _stop_quietly(cfg, j["id"], timeout), active))
+    for r in results:
+        if log:
+            log(f"  job {r['job_id']} ({r.get('name')}): {r.get('outcome')}"
+                + (f", {r['savepoint']}" if r.get("savepoint") else ""))
+    return results
+
+
+def _stop_quietly(cfg: LivemlConfig, job_id: str, timeout: float) -> dict[str, Any]:
+    try:
+        return stop(cfg, job_id, timeout=timeout)
+    except (LivemlError, OSError) as exc:  # one job's trouble must not keep the stack up
+        return {"job_id": job_id, "outcome": f"not stopped: {exc}", "savepoint": None}

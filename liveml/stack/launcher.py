@@ -7,6 +7,7 @@ from typing import Callable, Iterable
 
 from liveml.config import LivemlConfig
 from liveml.errors import LivemlError
+from liveml.job_state import stop_all
 from liveml.stack import process
 from liveml.stack.services import SERVICES, Service
 
@@ -59,7 +60,11 @@ def up(cfg: LivemlConfig, names: Iterable[str] | None = None,
 
 def down(cfg: LivemlConfig, names: Iterable[str] | None = None) -> dict[str, dict]:
     result = {}
-    for svc in reversed(services(cfg, names)):
+    chosen = services(cfg, names)
+    # jobs first, while Kafka still takes their transactions: each stops with a savepoint that the next
+    # `liveml submit` resumes from (liveml/job_state.py)
+    jobs = stop_all(cfg) if any(svc.name == "flink" for svc in chosen) else []
+    for svc in reversed(chosen):
         outcome = svc.stop()
         ports_busy = [p for p in svc.ports() if process.port_open("127.0.0.1", p)]
         if outcome == "stopped":
@@ -68,6 +73,8 @@ def down(cfg: LivemlConfig, names: Iterable[str] | None = None) -> dict[str, dic
                 time.sleep(0.2)
                 ports_busy = [p for p in svc.ports() if process.port_open("127.0.0.1", p)]
         result[svc.name] = {"outcome": outcome, "ports_still_open": ports_busy}
+    if jobs:
+        result["flink"]["jobs"] = jobs
     return result
 
 
