@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import json
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -14,8 +12,8 @@ import click
 from rich.table import Table
 
 from liveml.cli import _cfg, _emit, console, main, out
-from liveml.config import LivemlConfig
-from liveml.errors import LivemlError, ServiceError
+from liveml.errors import LivemlError
+from liveml.model_labels import history_path, latest_version, load_history, model_config, run_client, set_label
 
 
 @main.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
@@ -39,22 +37,6 @@ def serve(ctx, flags) -> None:
     if "--rest_api_port" not in given:
         args.append(f"--rest_api_port={cfg.serving.rest.rsplit(':', 1)[1]}")
     sys.exit(server_main(args))
-
-
-def _run(coro):
-    """Run a client coroutine; gRPC failures become our errors, each with the next step."""
-    import grpc
-
-    from serving.client import ModelNotFound
-
-    try:
-        return asyncio.run(coro)
-    except ModelNotFound as exc:  # says which model, version or label, and the command that serves one
-        raise LivemlError(str(exc)) from None
-    except grpc.aio.AioRpcError as exc:
-        if exc.code() == grpc.StatusCode.UNAVAILABLE:
-            raise ServiceError(f"the model server is not reachable ({exc.details()}): run `liveml up serving`") from None
-        raise LivemlError(f"{exc.code().name}: {exc.details()}") from None
 
 
 @main.command()
@@ -84,7 +66,7 @@ def predict(ctx, model, version, label, signature, features_json, timeout) -> No
                                         label=label, signature=signature)
 
     try:
-        r = _run(call())
+        r = run_client(call())
     except (ValueError, KeyError) as exc:
         raise LivemlError(str(exc)) from None
     data = {"model": r.model, "version": r.version, "signature": r.signature, "latency_ms": round(r.latency_ms, 3),
@@ -99,101 +81,6 @@ def missing_as_the_model_reads_it(features: dict[str, Any]) -> dict[str, Any]:
     from tfx_pipeline.features import RAW_KIND, missing_serving_value
 
     return {k: (missing_serving_value(k) if v is None and k in RAW_KIND else v) for k, v in features.items()}
-
-
-# --- models: versions on disk, what serves, labels ------------------------------------------------------
-def _history_path(cfg: LivemlConfig) -> Path:
-    return cfg.home_file("serving", "label_history.json")
-
-
-def _load_history(cfg: LivemlConfig) -> dict[str, list[int]]:
-    path = _history_path(cfg)
-    return json.loads(path.read_text()) if path.is_file() else {}
-
-
-def _model_config(cfg: LivemlConfig):
-    from liveml.stack.serving import ensure_model_config
-    from serving.model_config import read_model_config
-
-    return read_model_config(ensure_model_config(cfg))
-
-
-def _find(config, name: str):
-    for m in config.model_config_list.config:
-        if m.name == name:
-            return m
-    raise LivemlError(f"model {name!r} is not in the server's model config (<home>/serving/models.config); "
-                      f"models: {[m.name for m in config.model_config_list.config]}. Pass one of them as --model, "
-                      f"or set serving.model_name in liveml.yaml")
-
-
-async def _wait_available(client, model: str, version: int, timeout_s: float = 120.0) -> None:
-    import grpc
-    from tensorflow_serving.apis import get_model_status_pb2
-
-    deadline = time.monotonic() + timeout_s
-    state = None
-    while time.monotonic() < deadline:
-        try:
-            st = (await client.status(model, version=version)).model_version_status[0]
-        except grpc.aio.AioRpcError as exc:  # NOT_FOUND until the server has polled the new version
-            state = f"{exc.code().name}: {exc.details()}"
-            await asyncio.sleep(0.5)
-            continue
-        state = get_model_status_pb2.ModelVersionStatus.State.Name(st.state)
-        if state == "AVAILABLE":
-            return
-        if state == "END" and st.status.error_code:
-            raise LivemlError(f"version {version} of {model} failed to load: {st.status.error_message}")
-        await asyncio.sleep(0.5)
-    raise LivemlError(f"version {version} of {model} did not become AVAILABLE in {timeout_s:.0f} s (last: {state})")
-
-
-def set_label(cfg: LivemlConfig, model: str, label: str, version: int, record: bool = True) -> dict[str, Any]:
-    """Point ``label`` at ``version`` the TF Serving way: serve the version (a specific-versions policy),
-    wait until it is AVAILABLE, then move the label, each through HandleReloadConfigRequest."""
-    from liveml.stack.serving import model_config_path
-    from serving.client import PredictionClient
-    from serving.model_config import versions_on_disk
-
-    config = _model_config(cfg)
-    entry = _find(config, model)
-    on_disk = versions_on_disk(entry.base_path)
-    if version not in on_disk:
-        raise LivemlError(f"{model} has no version {version} under {entry.base_path}; versions: {on_disk or 'none'}. "
-                          + (f"Promote one of them (`liveml models list --model {model}` shows their metrics), "
-                             "or push a new one with `liveml train`" if on_disk
-                             else "`liveml train` pushes the first one"))
-    labels = dict(entry.version_labels)
-    keep = sorted(set(labels.values()) | {version} | ({max(on_disk)} if on_disk else set()))
-    entry.model_version_policy.Clear()
-    entry.model_version_policy.specific.versions.extend(keep)
-
-    async def apply():
-        async with PredictionClient(cfg.serving.grpc, timeout_s=10.0) as client:
-            await _check(await client.reload_config(config))
-            await _wait_available(client, model, version)
-            entry.version_labels[label] = version
-            await _check(await client.reload_config(config))
-
-    _run(apply())
-    from google.protobuf import text_format
-
-    model_config_path(cfg).write_text(text_format.MessageToString(config))
-    history = _load_history(cfg)
-    if record:
-        history.setdefault(f"{model}/{label}", []).append(version)
-        _history_path(cfg).write_text(json.dumps(history, indent=2))
-    return {"model": model, "label": label, "version": version, "serving_versions": keep,
-            "history": history.get(f"{model}/{label}", [])}
-
-
-async def _check(resp) -> None:
-    if resp.status.error_code:
-        import grpc
-
-        code = next(c for c in grpc.StatusCode if c.value[0] == resp.status.error_code)
-        raise LivemlError(f"the server refused the config ({code.name}): {resp.status.error_message}")
 
 
 @main.group()
@@ -211,7 +98,7 @@ def models_list(ctx, model, as_json) -> None:
     from serving.model_config import versions_on_disk
 
     cfg = _cfg(ctx)
-    config = _model_config(cfg)
+    config = model_config(cfg)
     rows = []
     for entry in config.model_config_list.config:
         if model and entry.name != model:
@@ -227,7 +114,7 @@ def models_list(ctx, model, as_json) -> None:
                     states[st.version] = get_model_status_pb2.ModelVersionStatus.State.Name(st.state)
 
         with contextlib.suppress(LivemlError):  # server down or model not loaded: listed, state unknown
-            _run(fetch())
+            run_client(fetch())
         labels = dict(entry.version_labels)
         for v in versions_on_disk(entry.base_path):
             vdir = Path(entry.base_path) / str(v)
@@ -244,17 +131,6 @@ def models_list(ctx, model, as_json) -> None:
         out.print(t)
 
     _emit(rows, as_json, render)
-
-
-def latest_version(cfg: LivemlConfig, model: str) -> int:
-    """The newest version under the model's base path (the one `liveml train` pushed last)."""
-    from serving.model_config import versions_on_disk
-
-    entry = _find(_model_config(cfg), model)
-    on_disk = versions_on_disk(entry.base_path)
-    if not on_disk:
-        raise LivemlError(f"{model} has no version under {entry.base_path} yet: `liveml train` pushes the first one")
-    return max(on_disk)
 
 
 @models.command("promote")
@@ -287,13 +163,13 @@ def models_rollback(ctx, label, model, as_json) -> None:
     """Point LABEL back at the version it named before the last promote."""
     cfg = _cfg(ctx)
     name = model or cfg.serving.model_name
-    history = _load_history(cfg)
+    history = load_history(cfg)
     moves = history.get(f"{name}/{label}", [])
     if len(moves) < 2:
         raise LivemlError(f"nothing to roll back: {name}/{label} has been promoted {len(moves)} time(s)")
     previous = moves[-2]
     result = set_label(cfg, name, label, previous, record=False)
     history[f"{name}/{label}"] = moves[:-1]
-    _history_path(cfg).write_text(json.dumps(history, indent=2))
+    history_path(cfg).write_text(json.dumps(history, indent=2))
     result["history"] = moves[:-1]
     _emit(result, as_json, lambda r: console.print(f"{r['model']}: {r['label']} rolled back to version {r['version']}"))

@@ -211,13 +211,13 @@ def _train(d: Demo) -> dict[str, Any]:
 
 def _stable_version(cfg: LivemlConfig) -> int | None:
     """The version the enrichment job's label names in the server's model config, if any."""
-    from liveml.cli_serving import _find, _model_config
+    from liveml.model_labels import find_model, model_config
 
-    return dict(_find(_model_config(cfg), cfg.serving.model_name).version_labels).get(cfg.enrich.label)
+    return dict(find_model(model_config(cfg), cfg.serving.model_name).version_labels).get(cfg.enrich.label)
 
 
 def step_training(d: Demo) -> dict[str, Any]:
-    from liveml.cli_serving import set_label
+    from liveml.model_labels import set_label
     from liveml.offline import OfflineStore
     from liveml.training_set import build_training_set
 

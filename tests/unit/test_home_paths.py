@@ -104,7 +104,7 @@ def test_each_writer_of_the_stack_works_on_a_fresh_home(fresh):
 
 
 def test_the_catalog_the_offline_store_and_a_tenant_on_a_fresh_home(fresh):
-    from liveml.cli_serving import _history_path
+    from liveml.model_labels import history_path as _history_path
     from liveml.offline import OfflineStore
     from liveml.stack.catalog import CatalogService
     from liveml.tenant import write_tenant_config
