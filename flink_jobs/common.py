@@ -72,16 +72,20 @@ def state_configuration(cfg: LivemlConfig, job: str, bounded: bool = False) -> C
     ``StreamExecutionEnvironment.get_execution_environment``, so a plain `flink run -py` of the job file
     keeps its state where `liveml submit` looks for it.
 
-    A bounded run keeps no state there (its Kafka splits end at the offsets it started with, which an
-    unbounded job restored from them would stop at) and its checkpoints go when it ends."""
-    from liveml.job_state import checkpoint_dir, keeps_state
+    A bounded run of a job that keeps state checkpoints beside it (``bounded/``, so `liveml submit` sees
+    it running) and retains nothing: its Kafka splits end at the offsets it started with, which an
+    unbounded job restored from them would stop at. Any other job keeps Flink's defaults."""
+    from liveml.job_state import STATEFUL_JOBS, bounded_dir, checkpoint_dir
 
     conf = Configuration()
-    if keeps_state(job, bounded):
+    if job not in STATEFUL_JOBS:
+        return conf
+    if bounded:
+        conf.set_string("execution.checkpointing.dir", bounded_dir(cfg, job).as_uri())
+        conf.set_string("execution.checkpointing.externalized-checkpoint-retention", "NO_EXTERNALIZED_CHECKPOINTS")
+    else:
         conf.set_string("execution.checkpointing.dir", checkpoint_dir(cfg, job).as_uri())
         conf.set_string("execution.checkpointing.externalized-checkpoint-retention", "RETAIN_ON_CANCELLATION")
-    else:
-        conf.set_string("execution.checkpointing.externalized-checkpoint-retention", "DELETE_ON_CANCELLATION")
     return conf
 
 

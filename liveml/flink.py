@@ -270,6 +270,7 @@ def submit(cfg: LivemlConfig, job: str, job_args: Sequence[str] = (), detached: 
     restore = plan.pop("point", None)
     cmd = run_command(cfg, job, job_args, detached, restore.path if restore else None, allow_non_restored_state)
     check_source_topics(cfg, job, job_args)
+    refuse_second_run(cfg, jcfg, job)
     proc = subprocess.run(cmd, env=flink_env(cfg), capture_output=True, text=True, timeout=timeout)
     out = proc.stdout + proc.stderr
     job_id = None
@@ -291,6 +292,22 @@ def submit(cfg: LivemlConfig, job: str, job_args: Sequence[str] = (), detached: 
         except LivemlError:
             pass  # pruning is housekeeping; the submission stands
     return {"job": job, "job_id": job_id, "command": cmd, "output": out, "state": plan}
+
+
+def refuse_second_run(cfg: LivemlConfig, jcfg: LivemlConfig, job: str) -> None:
+    """A job that keeps state runs once per tenant: a second run over the same topics would write every
+    event again (and resume from the first one's checkpoints)."""
+    from liveml import job_state
+
+    if job not in job_state.STATEFUL_JOBS:
+        return
+    active = [j["id"] for j in list_jobs(cfg) if j["state"] in job_state.ACTIVE_STATES]
+    already = job_state.running(jcfg, job, active)
+    if already:
+        raise LivemlError(
+            f"{job} already runs for {job_state.state_key(jcfg, job)} as Flink job {already[0]}: a second run "
+            f"over the same topics would write every event again. `{' '.join(['liveml', *config_flag(jcfg)])} "
+            f"cancel {already[0]}` stops it with a savepoint that the next `submit {job}` resumes from.")
 
 
 def state_plan(cfg: LivemlConfig, job: str, job_args: Sequence[str], fresh: bool) -> dict[str, Any]:

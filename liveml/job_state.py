@@ -71,6 +71,11 @@ def savepoint_dir(cfg: LivemlConfig, job: str) -> Path:
     return job_dir(cfg, job) / "savepoints"
 
 
+def bounded_dir(cfg: LivemlConfig, job: str) -> Path:
+    """Where bounded runs checkpoint: never resumed from, only there so a running one can be found."""
+    return job_dir(cfg, job) / "bounded"
+
+
 def run_options(job: str, job_args: Sequence[str]) -> argparse.Namespace:
     """The options of a job's arguments that decide whether the run keeps state: ``bounded`` and
     ``since_ms`` (each job's own parser has them; the proof job is bounded unless ``--unbounded``)."""
@@ -166,6 +171,10 @@ def prune(cfg: LivemlConfig, job: str, active_ids: Iterable[str], keep_savepoint
         if newest is None or meta.parent != newest.path:
             shutil.rmtree(meta.parent, ignore_errors=True)
             removed.append(meta.parent)
+    for run in bounded_dir(cfg, job).glob("*"):
+        if run.name not in active and run.is_dir():
+            shutil.rmtree(run, ignore_errors=True)
+            removed.append(run)
     runs = {r.name for r in (root.glob("*") if root.is_dir() else [])} | active
     prefixes = {_savepoint_job(m.parent) for m in savepoint_dir(cfg, job).glob("*/_metadata")} - {None}
     for plan in plans_dir(cfg, job).glob("*.json"):
@@ -175,12 +184,19 @@ def prune(cfg: LivemlConfig, job: str, active_ids: Iterable[str], keep_savepoint
     return removed
 
 
-def key_of_job(cfg: LivemlConfig, job_id: str) -> str | None:
-    """The job directory a running Flink job checkpoints into (Flink makes ``checkpoints/<job id>`` as the
-    job starts), or None for a job that keeps no state there (a bounded run, a batch job)."""
-    for run in jobs_root(cfg).glob(f"*/checkpoints/{job_id}"):
-        return run.parent.parent.name
+def key_of_job(cfg: LivemlConfig, job_id: str, bounded: bool = False) -> str | None:
+    """The job directory a Flink job checkpoints into (Flink makes ``checkpoints/<job id>`` as the job
+    starts), or None for a job that keeps no state there; ``bounded`` also finds bounded runs."""
+    for sub in ("checkpoints", "bounded") if bounded else ("checkpoints",):
+        for run in jobs_root(cfg).glob(f"*/{sub}/{job_id}"):
+            return run.parent.parent.name
     return None
+
+
+def running(cfg: LivemlConfig, job: str, active_ids: Iterable[str]) -> list[str]:
+    """The active Flink jobs, bounded runs included, that are ``job`` for this tenant."""
+    key = state_key(cfg, job)
+    return [j for j in active_ids if key_of_job(cfg, j, bounded=True) == key]
 
 
 # --- the plan a state belongs to ------------------------------------------------------------------------

@@ -176,8 +176,25 @@ def test_state_configuration_retains_checkpoints_of_unbounded_runs_only(cfg):
     assert kept["execution.checkpointing.dir"] == job_state.checkpoint_dir(cfg, "features").as_uri()
     assert kept["execution.checkpointing.externalized-checkpoint-retention"] == "RETAIN_ON_CANCELLATION"
     bounded = state_configuration(cfg, "features", bounded=True).to_dict()
-    assert "execution.checkpointing.dir" not in bounded
-    assert bounded["execution.checkpointing.externalized-checkpoint-retention"] == "DELETE_ON_CANCELLATION"
+    assert bounded["execution.checkpointing.dir"] == job_state.bounded_dir(cfg, "features").as_uri()
+    assert bounded["execution.checkpointing.externalized-checkpoint-retention"] == "NO_EXTERNALIZED_CHECKPOINTS"
+    assert state_configuration(cfg, "backfill").to_dict() == {}
+
+
+def test_a_second_run_of_a_job_for_the_same_tenant_is_refused(cfg, monkeypatch):
+    """Two feature jobs over the same topics write every event twice; a bounded run counts too."""
+    (job_state.checkpoint_dir(cfg, "features") / ("e" * 32)).mkdir(parents=True)
+    (job_state.bounded_dir(cfg, "enrich") / ("f" * 32)).mkdir(parents=True)
+    jobs = [{"id": "e" * 32, "state": "RUNNING"}, {"id": "f" * 32, "state": "RUNNING"}]
+    monkeypatch.setattr(flink, "list_jobs", lambda c: jobs)
+    with pytest.raises(LivemlError, match=f"features already runs for features as Flink job {'e' * 32}"):
+        flink.refuse_second_run(cfg, cfg, "features")
+    with pytest.raises(LivemlError, match="cancel " + "f" * 32):
+        flink.refuse_second_run(cfg, cfg, "enrich")
+    staging = load_config(overrides={"home": str(cfg.home_path), "kafka": {"topic_prefix": "staging-"}}, env={})
+    flink.refuse_second_run(cfg, staging, "features")  # another tenant's job is no obstacle
+    jobs[0]["state"] = "CANCELED"
+    flink.refuse_second_run(cfg, cfg, "features")
 
 
 def test_every_stateful_job_file_keeps_and_checks_its_state():
