@@ -94,11 +94,15 @@ class PlanRecorder:
     plan, which decides how Flink maps saved state onto operators (:func:`liveml.job_state.check_plan`).
 
     Connector options (addresses, topic names) and the catalog are left out: they move with the config, not
-    with the plan. Anything else is delegated to the real environment."""
+    with the plan. Flink's version is in: its planner numbers the operators, and Flink keeps SQL state
+    compatible across versions only through compiled plans. Anything else is delegated to the real
+    environment."""
 
     def __init__(self, t_env: TableEnvironment):
+        from pyflink.version import __version__
+
         self._t_env = t_env
-        self.statements: list[str] = []
+        self.statements: list[str] = [f"-- Flink {__version__}"]
 
     def __getattr__(self, name: str):
         return getattr(self._t_env, name)
