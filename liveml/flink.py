@@ -271,6 +271,7 @@ def submit(cfg: LivemlConfig, job: str, job_args: Sequence[str] = (), detached: 
     cmd = run_command(cfg, job, job_args, detached, restore.path if restore else None, allow_non_restored_state)
     check_source_topics(cfg, job, job_args)
     refuse_second_run(cfg, jcfg, job)
+    started = time.time()
     proc = subprocess.run(cmd, env=flink_env(cfg), capture_output=True, text=True, timeout=timeout)
     out = proc.stdout + proc.stderr
     job_id = None
@@ -283,7 +284,7 @@ def submit(cfg: LivemlConfig, job: str, job_args: Sequence[str] = (), detached: 
         raise ServiceError(f"`flink run` for {job} failed (exit {proc.returncode}):\n{_failure_summary(out)}")
     if plan["keeps_state"]:
         if restore is None:
-            job_state.mark_fresh(jcfg, job)
+            job_state.mark_fresh(jcfg, job, since=started)
         elif job_id and detached:
             plan["restored"] = check_restored(cfg, job, job_id, restore)
         try:

@@ -30,6 +30,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import os
 import re
 import shutil
 import time
@@ -142,11 +143,15 @@ def latest(cfg: LivemlConfig, job: str) -> RestorePoint | None:
     return points[0] if points else None
 
 
-def mark_fresh(cfg: LivemlConfig, job: str) -> None:
-    """Record that ``job`` starts without state now: nothing older is resumed later (a hard-cancelled
-    fresh run must not resume the state it was told to leave behind)."""
-    cfg.home_file("flink", "jobs", state_key(cfg, job), FRESH_MARK).write_text(f"{time.time()}\n")
-    time.sleep(0.01)  # mtimes of what this run writes are strictly newer
+def mark_fresh(cfg: LivemlConfig, job: str, since: float | None = None) -> None:
+    """Record that ``job`` started without state at ``since`` (default now; a submission passes the time it
+    began, so the mark is older than anything the new run writes, and is written only once the run was
+    submitted): nothing older is resumed later, so a hard-cancelled fresh run does not resume the state it
+    was told to leave behind."""
+    since = time.time() if since is None else since
+    mark = cfg.home_file("flink", "jobs", state_key(cfg, job), FRESH_MARK)
+    mark.write_text(f"{since}\n")
+    os.utime(mark, (since, since))
 
 
 def prune(cfg: LivemlConfig, job: str, active_ids: Iterable[str], keep_savepoints: int = SAVEPOINTS_KEPT) -> list[Path]:

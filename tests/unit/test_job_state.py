@@ -50,9 +50,10 @@ def test_the_newest_complete_savepoint_or_checkpoint_wins(cfg):
 
 def test_a_fresh_start_hides_older_state(cfg):
     _meta(job_state.savepoint_dir(cfg, "features") / "savepoint-abcdef-0123456789ab", time.time() - 60)
-    job_state.mark_fresh(cfg, "features")
+    job_state.mark_fresh(cfg, "features", since=time.time() - 30)  # when the fresh submission began
     assert job_state.latest(cfg, "features") is None
-    newer = _meta(job_state.checkpoint_dir(cfg, "features") / ("b" * 32) / "chk-1", time.time() + 1)
+    # the fresh run's first checkpoint may complete before the submission returns and marks
+    newer = _meta(job_state.checkpoint_dir(cfg, "features") / ("b" * 32) / "chk-1", time.time() - 10)
     assert job_state.latest(cfg, "features").path == newer
 
 
