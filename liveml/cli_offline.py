@@ -49,7 +49,8 @@ def _format(fmt: str | None, as_json: bool) -> str:
 @click.option("--where", default=None, help="Filter, pushed down to Iceberg: \"fare > 20 and company = 'X'\".")
 @click.option("--columns", default=None, help="Comma-separated columns (default: all).")
 @click.option("--snapshot", "snapshot_id", type=int, default=None, help="Read this snapshot (see tables history).")
-@click.option("--as-of", default=None, help="Read the table as it was at this ISO time.")
+@click.option("--as-of", default=None, metavar="TIME",
+              help="Read the table as it was then: ISO-8601 (Z, an offset or UTC; a date) or epoch ms.")
 @click.option("--limit", type=int, default=None)
 @click.option("--format", "fmt", type=click.Choice(["table", "csv", "json"]), default=None)
 @click.option("--json", "as_json", is_flag=True, help="Same as --format json.")
@@ -151,6 +152,11 @@ def training_set_build(ctx, set_name, output, snapshot_id, snapshot_ids, from_li
             raise QueryError(f"--snapshot-ids {snapshot_ids!r} must be a JSON object of table -> snapshot id "
                              "(null: the table as it was before its first commit, empty)") from None
     spec_version = None
+    given = [f for f, v in (("--snapshot", snapshot_id), ("--snapshot-ids", snapshot_ids),
+                            ("--from-lineage", from_lineage)) if v is not None]
+    if len(given) > 1:
+        raise QueryError(f"give one of --snapshot, --snapshot-ids and --from-lineage, not {' and '.join(given)}: "
+                         "each pins the inputs on its own")
     if from_lineage:
         name, _, snap = from_lineage.partition("@")
         recorded = lineage(store, name, int(snap) if snap else None)
@@ -168,7 +174,7 @@ def training_set_build(ctx, set_name, output, snapshot_id, snapshot_ids, from_li
         console.print(f"[bold]{r['table']}[/] snapshot {r['snapshot_id']}: {r['rows']:,} rows "
                       f"({r['positives']:,} positive), spec v{r['spec_version']}, {r['seconds']} s")
         for t, s in r["snapshot_ids"].items():
-            console.print(f"  {t:<32} @ {s if s is not None else 'none (no commit yet at the pin: read as empty)'}")
+            console.print(f"  {t:<32} @ {s if s is not None else 'none (no commit yet: read as empty)'}")
         for line in _exclusion_lines(r, spec):
             console.print(line, highlight=False, soft_wrap=True)
 
@@ -207,8 +213,10 @@ def _views(names: str | None):
 
 
 @main.command()
-@click.option("--from", "start", default=None, help="First event time (ISO); default: the first raw event.")
-@click.option("--to", "end", default=None, help="Last event time (ISO); default: the last raw event.")
+@click.option("--from", "start", default=None, metavar="TIME",
+              help="First event time (ISO-8601 or epoch ms); default: the first raw event.")
+@click.option("--to", "end", default=None, metavar="TIME",
+              help="Last event time (ISO-8601 or epoch ms); default: the last raw event.")
 @click.option("--views", default=None, help="Comma-separated views (default: all).")
 @click.option("--parallelism", type=int, default=2, show_default=True)
 @click.option("--redis", is_flag=True, help="Also write each entity's latest backfilled values to Redis.")
@@ -232,8 +240,9 @@ def backfill(ctx, start, end, views, parallelism, redis, as_json) -> None:
 
 
 @main.command()
-@click.option("--from", "start", default=None, help="First event time (ISO); default: what both sides cover.")
-@click.option("--to", "end", default=None, help="Last event time (ISO).")
+@click.option("--from", "start", default=None, metavar="TIME",
+              help="First event time (ISO-8601 or epoch ms); default: what both sides cover.")
+@click.option("--to", "end", default=None, metavar="TIME", help="Last event time (ISO-8601 or epoch ms).")
 @click.option("--views", default=None, help="Comma-separated views (default: all).")
 @click.option("--examples", type=int, default=5, show_default=True, help="Mismatching rows to show per view.")
 @click.option("--json", "as_json", is_flag=True)
@@ -256,6 +265,8 @@ def parity(ctx, start, end, views, examples, as_json) -> None:
         for v in r["views"]:
             for ex in v["examples"]:
                 console.print(f"  {v['view']}: {json.dumps(ex, default=str)}", highlight=False)
+            if v.get("note"):
+                console.print(f"  {v['view']}: {v['note']}", highlight=False)
 
     _emit(result, as_json, render)
     if result["mismatches"]:

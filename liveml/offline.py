@@ -175,12 +175,12 @@ class OfflineStore:
                                  "; write comparisons such as \"fare > 20 and company = 'Flash Cab'\"") from None
         else:
             expr = where
-        expr = _times_in(expr, table.schema())
+        expr = _literals_in(expr, table.schema())
         try:
             bind(table.schema(), expr, case_sensitive=True)
-        except ValueError as exc:
+        except (ValueError, TypeError) as exc:  # TypeError: a literal the column's type cannot take
             raise QueryError(f"filter {where!r} does not fit {'.'.join(table.identifier[-2:])}: {exc}; "
-                             f"columns: {', '.join(f.name for f in table.schema().fields)}") from None
+                             f"columns: {', '.join(f'{f.name} ({f.field_type})' for f in table.schema().fields)}") from None
         return expr
 
     def _columns(self, table: Table, columns: Sequence[str] | None) -> tuple[str, ...]:
@@ -361,34 +361,76 @@ def _ident(part: str) -> str:
     return rf'(?:{re.escape(part)}|"{re.escape(part)}")'
 
 
-def _times_in(expr: BooleanExpression, schema) -> BooleanExpression:
-    """``expr`` with every string compared to a timestamp or date column read by :func:`parse_time` and
-    written the way pyiceberg's literal conversion takes it (``+00:00``, or no zone for ``timestamp``)."""
-    from pyiceberg.expressions import And, LiteralPredicate, Not, Or, SetPredicate
-    from pyiceberg.expressions.literals import StringLiteral, literal
-    from pyiceberg.types import DateType, TimestampType, TimestamptzType
+def _literals_in(expr: BooleanExpression, schema) -> BooleanExpression:
+    """``expr`` with its literals read the way the column's type means them, where pyiceberg would not:
 
-    def fix(term, lit):
+    - on a timestamp or date column, a string or an integer goes through :func:`parse_time` (so ``Z``,
+      offsets, dates and epoch milliseconds all work) and is written the way pyiceberg's conversion takes it;
+    - on an integer column, a decimal is compared as a number, as SQL does (pyiceberg 0.6.1 truncated it:
+      ``area = 8.5`` matched area 8): ``= 8.5`` is false, ``< 8.5`` is ``<= 8``, ``> 8.5`` is ``>= 9``,
+      ``!= 8.5`` is ``is not null``; ``in``/``not in`` keep their whole values.
+    """
+    import decimal
+    import math
+
+    from pyiceberg.expressions import (AlwaysFalse, And, EqualTo, GreaterThan, GreaterThanOrEqual, In, LessThan,
+                                       LessThanOrEqual, LiteralPredicate, Not, NotEqualTo, NotIn, NotNull, Or,
+                                       SetPredicate)
+    from pyiceberg.expressions.literals import LongLiteral, StringLiteral, literal
+    from pyiceberg.types import DateType, IntegerType, LongType, TimestampType, TimestamptzType
+
+    def kind_of(term):
         try:
-            kind = schema.find_field(term.name).field_type
+            return schema.find_field(term.name).field_type
         except (ValueError, AttributeError):
-            return lit  # an unknown column: bind() says so
-        if not isinstance(lit, StringLiteral) or not isinstance(kind, (DateType, TimestampType, TimestamptzType)):
+            return None  # an unknown column: bind() says so
+
+    def fix_time(kind, lit):
+        if not isinstance(lit, (StringLiteral, LongLiteral)):
             return lit
-        t = parse_time(lit.value)
+        t = parse_time(int(lit.value) if isinstance(lit, LongLiteral) else lit.value)
         if isinstance(kind, DateType):
             return literal(t.date().isoformat())
         if isinstance(kind, TimestampType):
             return literal(t.replace(tzinfo=None).isoformat())
         return literal(t.isoformat())
 
-    if isinstance(expr, (And, Or)):
-        return type(expr)(_times_in(expr.left, schema), _times_in(expr.right, schema))
-    if isinstance(expr, Not):
-        return Not(_times_in(expr.child, schema))
-    if isinstance(expr, LiteralPredicate):
-        return type(expr)(expr.term, fix(expr.term, expr.literal))
-    if isinstance(expr, SetPredicate):
-        return type(expr)(expr.term, {fix(expr.term, lit) for lit in expr.literals})
-    return expr
+    def number(lit):
+        try:
+            return decimal.Decimal(str(lit.value))
+        except (decimal.InvalidOperation, ValueError):
+            return None
 
+    if isinstance(expr, (And, Or)):
+        return type(expr)(_literals_in(expr.left, schema), _literals_in(expr.right, schema))
+    if isinstance(expr, Not):
+        return Not(_literals_in(expr.child, schema))
+    if not isinstance(expr, (LiteralPredicate, SetPredicate)):
+        return expr
+    kind = kind_of(expr.term)
+    if isinstance(kind, (DateType, TimestampType, TimestamptzType)):
+        if isinstance(expr, LiteralPredicate):
+            return type(expr)(expr.term, fix_time(kind, expr.literal))
+        return type(expr)(expr.term, {fix_time(kind, lit) for lit in expr.literals})
+    if not isinstance(kind, (IntegerType, LongType)):
+        return expr
+    if isinstance(expr, SetPredicate):
+        values = [number(lit) for lit in expr.literals]
+        if any(v is None for v in values) or all(v == v.to_integral_value() for v in values):
+            return expr
+        whole = {int(v) for v in values if v == v.to_integral_value()}
+        if whole:
+            return type(expr)(expr.term, whole)
+        return AlwaysFalse() if isinstance(expr, In) else NotNull(expr.term)
+    value = number(expr.literal)
+    if value is None or value == value.to_integral_value() or isinstance(expr.literal, StringLiteral):
+        return expr
+    if isinstance(expr, EqualTo):
+        return AlwaysFalse()
+    if isinstance(expr, NotEqualTo):
+        return NotNull(expr.term)
+    if isinstance(expr, (LessThan, LessThanOrEqual)):
+        return LessThanOrEqual(expr.term, math.floor(value))
+    if isinstance(expr, (GreaterThan, GreaterThanOrEqual)):
+        return GreaterThanOrEqual(expr.term, math.ceil(value))
+    return expr

@@ -31,17 +31,24 @@ def compare_view(store: OfflineStore, con, v: FeatureView, lo_ms: int | None, hi
     stream, batch = feature_table(v).identifier, backfill_table(v).identifier
     store.register(con, stream, pins.get(stream, CURRENT), view=f"s_{v.name}")
     store.register(con, batch, pins.get(batch, CURRENT), view=f"b_{v.name}")
-    if lo_ms is None or hi_ms is None:  # the event range both sides cover
-        rng = con.execute(f"""SELECT greatest((SELECT epoch_ms(min(event_time)) FROM s_{v.name} WHERE spec_version = {spec_version}),
-                                              (SELECT epoch_ms(min(event_time)) FROM b_{v.name} WHERE spec_version = {spec_version})),
-                                     least((SELECT epoch_ms(max(event_time)) FROM s_{v.name} WHERE spec_version = {spec_version}),
-                                           (SELECT epoch_ms(max(event_time)) FROM b_{v.name} WHERE spec_version = {spec_version}))""").fetchone()
-        lo_ms = rng[0] if lo_ms is None else lo_ms
-        hi_ms = rng[1] if hi_ms is None else hi_ms
+    empty = []
+    if lo_ms is None or hi_ms is None:  # the event range both sides cover: none if one side has no rows
+        ranges = {}
+        for alias, table in (("s", stream), ("b", batch)):
+            ranges[alias] = con.execute(f"SELECT epoch_ms(min(event_time)), epoch_ms(max(event_time)) FROM "
+                                        f"{alias}_{v.name} WHERE spec_version = {spec_version}").fetchone()
+            if ranges[alias][0] is None:
+                empty.append(table)
+        if not empty:
+            lo_ms = max(ranges["s"][0], ranges["b"][0]) if lo_ms is None else lo_ms
+            hi_ms = min(ranges["s"][1], ranges["b"][1]) if hi_ms is None else hi_ms
     if lo_ms is None or hi_ms is None:
+        note = (f"{' and '.join(empty)} {'has' if len(empty) == 1 else 'have'} no rows of spec version "
+                f"{spec_version}, so no range is covered by both" + (
+                    f": `liveml backfill --views {v.name}` writes {batch}" if batch in empty else ""))
         return {"view": v.name, "from": None, "to": None, "compared": 0, "mismatches": 0, "stream_only": 0,
                 "backfill_only": 0, "value_mismatches": 0, "stream_duplicates": 0, "backfill_duplicates": 0,
-                "examples": []}
+                "examples": [], "note": note}
     key = [f'"{v.entity}"', "source_id", "event_time"]
     names = v.feature_names()
     side = ", ".join(f'"{n}"' for n in names)

@@ -317,3 +317,66 @@ def test_a_date_is_its_midnight_utc_and_nonsense_names_the_spellings(tmp_path):
         store.scan("raw.trips", where="event_time < 'yesterday'")
     with pytest.raises(QueryError, match="epoch milliseconds"):
         store.scan("raw.trips", as_of="last tuesday")
+
+
+# a filter's literals mean what the column's type means, as in `liveml sql` (found by a user trial)
+FILTERS = ["event_time < 1425283500000", "pickup_community_area = 8.5", "pickup_community_area < 8.5",
+           "pickup_community_area > 8.5", "pickup_community_area != 8.5", "pickup_community_area in (8.5, 9.0)",
+           "pickup_community_area not in (8.5, 7.5)", "trip_seconds < 600.5", "pickup_community_area = 8.0",
+           "not (pickup_community_area = 8.5)", "trip_seconds >= 599.5 and event_time >= '2015-03-02'"]
+
+
+@pytest.fixture
+def ten_trips(tmp_path):
+    store = _store(tmp_path)
+    create(store.catalog, "raw.trips")
+    append(store.catalog, "raw.trips", [{"trip_id": f"t{i}", "event_type": "end", "event_time": at(60 * i),
+                                         "pickup_community_area": 7 + i % 3, "trip_seconds": 590 + 5 * i}
+                                        for i in range(10)])
+    return store
+
+
+@pytest.mark.parametrize("where", FILTERS)
+def test_a_filter_selects_what_sql_selects(ten_trips, where):
+    """pyiceberg 0.6.1 truncated ``area = 8.5`` to ``area = 8`` and could not take epoch ms for a time."""
+    sql = where.replace("!=", "<>").replace("1425283500000", "make_timestamptz(1425283500000000)")
+    want = sorted(r["trip_id"] for r in ten_trips.sql(f"SELECT trip_id FROM raw.trips WHERE {sql}").to_pylist())
+    got = sorted(ten_trips.scan("raw.trips", where=where, columns=["trip_id"]).column("trip_id").to_pylist())
+    assert got == want
+
+
+@pytest.mark.parametrize("where,column", [("fare > 'abc'", "fare (double)"), ("trip_id = 5", "trip_id (string)")])
+def test_a_literal_the_column_cannot_take_is_one_line_naming_the_types(ten_trips, where, column):
+    with pytest.raises(QueryError, match=r"does not fit raw.trips") as err:
+        ten_trips.scan("raw.trips", where=where)
+    assert column in str(err.value)
+
+
+def test_parity_with_a_view_never_backfilled_compares_nothing_and_says_what_to_run(tmp_path):
+    """"Over the event range both cover": a side without rows covers none (it used the other side's range and
+    counted every stream row as a mismatch)."""
+    store = _store(tmp_path)
+    create(store.catalog, AREA_1H.table)
+    create(store.catalog, backfill_table(AREA_1H).identifier)
+    append(store.catalog, AREA_1H.table, [_frow(AREA_1H, 8, at(60), 1), _frow(AREA_1H, 9, at(120), 2)])
+    result = parity(store, [AREA_1H])
+    (got,) = result["views"]
+    assert (result["compared"], result["mismatches"]) == (0, 0)
+    assert "liveml backfill --views pickup_area_1h" in got["note"]
+    # with --from/--to the range is the user's, and the stream's rows are mismatches
+    pinned = parity(store, [AREA_1H], start="2015-03-02", end="2015-03-03")
+    assert (pinned["compared"], pinned["views"][0]["stream_only"]) == (2, 2)
+
+
+def test_build_pins_are_exclusive(tmp_path):
+    from liveml.catalog import open_catalog
+    from liveml.config import load_config
+    from tests.conftest import OFFLINE_PORTS, run_cli, write_test_config
+
+    config = write_test_config(tmp_path / "home", OFFLINE_PORTS)
+    cfg = load_config(config, env={})
+    cfg.sqlite_path.parent.mkdir(parents=True, exist_ok=True)
+    cfg.warehouse_path.mkdir(parents=True, exist_ok=True)
+    _one_trip(open_catalog(cfg))
+    got = run_cli(config, "training-set", "build", "--snapshot", "1", "--from-lineage", "training.tips", check=False)
+    assert got.returncode == 6 and "not --snapshot and --from-lineage" in got.stderr and "Traceback" not in got.stderr
