@@ -188,7 +188,8 @@ def tables_list(ctx: click.Context, as_json: bool) -> None:
 
 
 # --- Flink jobs ----------------------------------------------------------------------------------------
-@main.command(context_settings={"ignore_unknown_options": True})
+@main.command(context_settings={"ignore_unknown_options": True},
+              short_help="Submit a job (features, enrich, proof, backfill) to the Flink cluster.")
 @click.argument("job")
 @click.argument("job_args", nargs=-1, type=click.UNPROCESSED)
 @click.option("--fresh", is_flag=True, help="Start without the job's saved state (Kafka from the offsets its "
