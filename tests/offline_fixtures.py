@@ -25,6 +25,20 @@ def local_catalog(tmp: Path) -> Catalog:
     return load_catalog("t", type="sql", uri=f"sqlite:///{tmp}/c.db", warehouse=(tmp / "wh").as_uri())
 
 
+def cli_catalog(tmp: Path) -> tuple[Path, Catalog]:
+    """A config for the CLI (its own home, offline ports) and the catalog that config opens: for tests that
+    write rows with pyiceberg and then run `liveml` over them."""
+    from liveml.catalog import open_catalog
+    from liveml.config import load_config
+    from tests.conftest import OFFLINE_PORTS, write_test_config
+
+    config = write_test_config(tmp / "home", OFFLINE_PORTS)
+    cfg = load_config(config, env={})
+    cfg.sqlite_path.parent.mkdir(parents=True, exist_ok=True)
+    cfg.warehouse_path.mkdir(parents=True, exist_ok=True)
+    return config, open_catalog(cfg)
+
+
 def create(catalog: Catalog, identifier: str, namespace: str | None = None) -> str:
     spec = unpartitioned(table_spec(identifier), namespace)
     ensure_table(catalog, spec)

@@ -20,7 +20,7 @@ from liveml.backfill import event_range
 from liveml.offline import CURRENT, OfflineStore, QueryError, parse_time
 from liveml.parity import parity
 from liveml.training_set import build_training_set, lineage
-from tests.offline_fixtures import T0, append, at, create, local_catalog
+from tests.offline_fixtures import cli_catalog, T0, append, at, create, local_catalog
 
 pytestmark = pytest.mark.unit
 
@@ -157,15 +157,9 @@ def test_a_pin_before_a_tables_first_commit_reads_it_empty(tmp_path):
 
 
 def test_cli_rebuild_takes_a_null_pin(tmp_path):
-    from liveml.catalog import open_catalog
-    from liveml.config import load_config
-    from tests.conftest import OFFLINE_PORTS, run_cli, write_test_config
+    from tests.conftest import run_cli
 
-    config = write_test_config(tmp_path / "home", OFFLINE_PORTS)
-    cfg = load_config(config, env={})
-    cfg.sqlite_path.parent.mkdir(parents=True, exist_ok=True)
-    cfg.warehouse_path.mkdir(parents=True, exist_ok=True)
-    catalog = open_catalog(cfg)
+    config, catalog = cli_catalog(tmp_path)
     _one_trip(catalog)
     append(catalog, AREA_1H.table, [_frow(AREA_1H, 8, D - timedelta(minutes=5), 42)])
     pins = {"labels.trips": catalog.load_table("labels.trips").current_snapshot().snapshot_id,
@@ -274,15 +268,9 @@ def schema_of(table):
 
 
 def test_cli_query_and_sql_show_an_evolved_column(tmp_path):
-    from liveml.catalog import open_catalog
-    from liveml.config import load_config
-    from tests.conftest import OFFLINE_PORTS, run_cli, write_test_config
+    from tests.conftest import run_cli
 
-    config = write_test_config(tmp_path / "home", OFFLINE_PORTS)
-    cfg = load_config(config, env={})
-    cfg.sqlite_path.parent.mkdir(parents=True, exist_ok=True)
-    cfg.warehouse_path.mkdir(parents=True, exist_ok=True)
-    catalog = open_catalog(cfg)
+    config, catalog = cli_catalog(tmp_path)
     create(catalog, "raw.trips")
     append(catalog, "raw.trips", [{"trip_id": "t1", "event_type": "end", "event_time": at(0)}])
     _evolve(catalog)
@@ -369,14 +357,9 @@ def test_parity_with_a_view_never_backfilled_compares_nothing_and_says_what_to_r
 
 
 def test_build_pins_are_exclusive(tmp_path):
-    from liveml.catalog import open_catalog
-    from liveml.config import load_config
-    from tests.conftest import OFFLINE_PORTS, run_cli, write_test_config
+    from tests.conftest import run_cli
 
-    config = write_test_config(tmp_path / "home", OFFLINE_PORTS)
-    cfg = load_config(config, env={})
-    cfg.sqlite_path.parent.mkdir(parents=True, exist_ok=True)
-    cfg.warehouse_path.mkdir(parents=True, exist_ok=True)
-    _one_trip(open_catalog(cfg))
+    config, catalog = cli_catalog(tmp_path)
+    _one_trip(catalog)
     got = run_cli(config, "training-set", "build", "--snapshot", "1", "--from-lineage", "training.tips", check=False)
     assert got.returncode == 6 and "not --snapshot and --from-lineage" in got.stderr and "Traceback" not in got.stderr

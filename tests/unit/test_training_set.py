@@ -17,7 +17,7 @@ from iceberg_schemas.features import FEATURE_VIEWS, SPEC_VERSION, view
 from iceberg_schemas.training import TIPS
 from liveml.offline import OfflineStore, QueryError
 from liveml.training_set import build_training_set, lineage, training_sql
-from tests.offline_fixtures import append, at, create, local_catalog
+from tests.offline_fixtures import cli_catalog, append, at, create, local_catalog
 
 pytestmark = pytest.mark.unit
 
@@ -258,15 +258,10 @@ def test_an_empty_feature_table_reads_as_null_features(tmp_path):
 
 
 def test_cli_reports_what_was_left_out(tmp_path):
-    from liveml.catalog import open_catalog
-    from liveml.config import load_config
-    from tests.conftest import OFFLINE_PORTS, run_cli, write_test_config
+    from tests.conftest import run_cli
 
-    config = write_test_config(tmp_path / "home", OFFLINE_PORTS)
-    cfg = load_config(config, env={})
-    cfg.sqlite_path.parent.mkdir(parents=True, exist_ok=True)
-    cfg.warehouse_path.mkdir(parents=True, exist_ok=True)
-    _load(tmp_path, n=30, mutate=_bad_labels, catalog=open_catalog(cfg))
+    config, catalog = cli_catalog(tmp_path)
+    _load(tmp_path, n=30, mutate=_bad_labels, catalog=catalog)
     built = json.loads(run_cli(config, "training-set", "build", "--json").stdout)
     assert built["excluded"] == {"no_decision_time": 1, "no_label": 1, "no_decision_event": 1}  # t3 only
     assert built["excluded_examples"]["no_decision_event"] == ["t3"]
