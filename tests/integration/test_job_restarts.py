@@ -30,7 +30,7 @@ from flink_jobs import replay as rp
 from iceberg_schemas.features import FEATURE_VIEWS, view
 from liveml.config import load_config
 from tests.conftest import cli_json, run_cli
-from tests.integration.test_enrich_job import ModelServer, enrich_tenant, end_ids
+from tests.integration.test_enrich_job import enrich_tenant, end_ids, server  # noqa: F401 (a fixture)
 from tests.integration.test_features_job import event_frames, make_tenant, read_table, real_trips
 from tests.reference import expected_view, qualifying, valid
 
@@ -202,14 +202,6 @@ def test_backfill_run_twice_gives_the_same_rows(restarted):
         b = twice[t][cols].sort_values("source_id").reset_index(drop=True)
         assert len(a) > 0 and a["source_id"].is_unique, t
         pd.testing.assert_frame_equal(a, b, check_exact=True, obj=t)
-
-
-@pytest.fixture
-def server(tmp_path):
-    s = ModelServer(tmp_path)
-    s.start()
-    yield s
-    s.stop()
 
 
 def test_enrich_cancelled_hard_and_submitted_again_predicts_each_trip_once(stack_config, server):
