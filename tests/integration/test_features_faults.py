@@ -103,6 +103,18 @@ def operator_metric(cfg, job_id: str, operator: str, metric: str) -> float:
     return total
 
 
+def metric_diagnosis(cfg, job_id: str, part: str) -> dict:
+    """What the REST API serves when an operator metric is missing: vertex names, matching ids, restarts."""
+    job = requests.get(f"{cfg.flink.rest_url}/jobs/{job_id}", timeout=5).json()
+    ids = {}
+    for vertex in job["vertices"]:
+        base = f"{cfg.flink.rest_url}/jobs/{job_id}/vertices/{vertex['id']}/subtasks/metrics"
+        ids[vertex["name"][:120]] = [m["id"] for m in requests.get(base, timeout=5).json() if part in m["id"]][:12]
+    restarts = requests.get(f"{cfg.flink.rest_url}/jobs/{job_id}/metrics", params={"get": "numRestarts"},
+                            timeout=5).json()
+    return {"state": job["state"], "metric_ids": ids, "numRestarts": restarts}
+
+
 def test_five_percent_bad_events_go_to_the_dlq_and_the_job_keeps_running(stack_config):
     tenant = make_tenant(stack_config, "bad", 3)
     cfg = load_config(tenant, env={})
@@ -157,7 +169,8 @@ def test_five_percent_bad_events_go_to_the_dlq_and_the_job_keeps_running(stack_c
         deadline = time.time() + 90
         while operator_metric(cfg, job_id, "trips_dlq[*__Writer", "numRecordsIn") < len(dlq) and time.time() < deadline:
             time.sleep(1)
-        assert operator_metric(cfg, job_id, "trips_dlq[*__Writer", "numRecordsIn") == len(dlq)
+        assert operator_metric(cfg, job_id, "trips_dlq[*__Writer", "numRecordsIn") == len(dlq), \
+            metric_diagnosis(cfg, job_id, "Writer")
         assert operator_metric(cfg, job_id, "Source__trips_kafka", "numRecordsOut") == len(trips) + len(late)
         assert operator_metric(cfg, job_id, "trips_late[*__Writer", "numRecordsIn") == len(late)
 
