@@ -139,6 +139,81 @@ PROOF_EVENTS = TableSpec(
     "Written by the proof job (Kafka topic `proof` -> Flink -> Iceberg) to check the stack end to end.",
 )
 
+# --- monitoring: what the loop sees (issue 14) ------------------------------------------------------------
+
+OUTCOMES = TableSpec(
+    "monitoring", "outcomes",
+    Schema(
+        _f(1, "trip_id", StringType(), True),
+        _f(2, "decision_time", TimestamptzType(), True, "the prediction's event time (the trip's end)"),
+        _f(3, "model_name", StringType()),
+        _f(4, "model_version", LongType()),
+        _f(5, "model_label", StringType(), doc="the version label called: stable or canary"),
+        _f(6, "status", StringType(), doc="the prediction's status: ok | timeout | unavailable | no_model | invalid"),
+        _f(7, "score", DoubleType(), doc="the served score; null when the prediction fell back"),
+        _f(8, "outcome", StringType(), True, doc="labelled | unlabelled (no label within the maximum delay)"),
+        _f(9, "label", DoubleType(), doc="the label as a number (1.0 / 0.0 for a binary label); null: unlabelled"),
+        _f(10, "label_time", TimestamptzType(), doc="when the winning label became known"),
+        _f(11, "label_delay_s", DoubleType(), doc="label_time - decision_time, seconds"),
+        _f(12, "labels_seen", IntegerType(), doc="labels of the trip within the delay (the latest wins)"),
+        _f(13, "max_label_delay_s", LongType(), doc="the join's maximum label delay"),
+        _f(14, "shadow_model_version", LongType()),
+        _f(15, "shadow_score", DoubleType()),
+        _f(16, "predicted_at", TimestamptzType(), doc="wall time the prediction was made"),
+    ),
+    _month(2, "decision_time"),
+    "Each prediction joined with its delayed label (event-time interval join, latest label wins), once; "
+    "written by the feedback job.",
+)
+
+QUALITY = TableSpec(
+    "monitoring", "quality",
+    Schema(
+        _f(1, "window_start", TimestamptzType(), True),
+        _f(2, "window_end", TimestamptzType(), True, "exclusive"),
+        _f(3, "window", StringType(), True, "the window spec: SIZE (tumbling) or SIZE/SLIDE (sliding)"),
+        _f(4, "model_name", StringType()),
+        _f(5, "model_version", LongType()),
+        _f(6, "model_label", StringType()),
+        _f(7, "metric", StringType(), True, "count | positive_rate | mean_score | log_loss | brier | auc | "
+                                              "calibration | precision | recall"),
+        _f(8, "estimated", DoubleType(), doc="from the scores alone (CBPE), before labels"),
+        _f(9, "realised", DoubleType(), doc="from the labels; null until the window has labelled rows"),
+        _f(10, "n_scored", LongType(), doc="predictions with a score in the window"),
+        _f(11, "n_labelled", LongType(), doc="of which joined with a label"),
+        _f(12, "decision_threshold", DoubleType(), doc="score >= threshold counts as positive"),
+        _f(13, "labels_complete", BooleanType(), doc="the window's maximum label delay has passed"),
+        _f(14, "computed_at", TimestamptzType()),
+    ),
+    PartitionSpec(),
+    "Model quality per event-time window, model version and label: estimated (CBPE) beside realised.",
+)
+
+DRIFT = TableSpec(
+    "monitoring", "drift",
+    Schema(
+        _f(1, "window_start", TimestamptzType(), True),
+        _f(2, "window_end", TimestamptzType(), True, "exclusive"),
+        _f(3, "window", StringType(), True),
+        _f(4, "model_name", StringType()),
+        _f(5, "model_version", LongType(), doc="the served version whose training statistics are the reference"),
+        _f(6, "kind", StringType(), True, "drift (live vs training) | skew (served vs point-in-time offline)"),
+        _f(7, "feature", StringType(), True, "a model input, or score"),
+        _f(8, "statistic", StringType(), True, "linf | jensen_shannon | share_differ"),
+        _f(9, "distance", DoubleType()),
+        _f(10, "threshold", DoubleType()),
+        _f(11, "drifted", BooleanType()),
+        _f(12, "n", LongType(), doc="live rows compared"),
+        _f(13, "reference", StringType(), doc="the reference statistics (artifact URI)"),
+        _f(14, "computed_at", TimestamptzType()),
+    ),
+    PartitionSpec(),
+    "Drift of live model inputs and scores from the serving version's training statistics, and skew "
+    "between served and offline feature values.",
+)
+
+MONITORING_TABLES = (OUTCOMES, QUALITY, DRIFT)
+
 _ENTITY_TYPES = {"int": IntegerType, "string": StringType}
 
 
@@ -173,7 +248,7 @@ def backfill_table(view: FeatureView) -> TableSpec:
                      dict(stream.properties))
 
 
-TABLES: tuple[TableSpec, ...] = (RAW_TRIPS, LABELS, PREDICTIONS, PROOF_EVENTS,
+TABLES: tuple[TableSpec, ...] = (RAW_TRIPS, LABELS, PREDICTIONS, PROOF_EVENTS, *MONITORING_TABLES,
                                  *(feature_table(v) for v in FEATURE_VIEWS),
                                  *(backfill_table(v) for v in FEATURE_VIEWS))
 

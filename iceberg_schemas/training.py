@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pyiceberg.schema import Schema
 from pyiceberg.types import BooleanType, DoubleType, IntegerType, LongType, NestedField, StringType, TimestamptzType
 
-from iceberg_schemas.features import FEATURE_VIEWS, SPEC_VERSION, FeatureView
+from iceberg_schemas.features import FEATURE_VIEWS, SPEC_VERSION, FeatureView, window_seconds
 from iceberg_schemas.sources import TRIPS, EventSource
 from iceberg_schemas.tables import TableSpec, feature_table, table_spec
 
@@ -39,6 +39,20 @@ class TrainingSetSpec:
     context_fields: tuple[str, ...] = ()
     feature_views: tuple[FeatureView, ...] = FEATURE_VIEWS
     description: str = ""
+    # the feedback job's event-time interval join: a label later than this after its decision is not joined
+    max_label_delay: str = "1h"
+    # score >= threshold is a positive decision: precision and recall are measured at it (monitoring.quality)
+    decision_threshold: float = 0.5
+
+    def __post_init__(self) -> None:
+        window_seconds(self.max_label_delay)
+        if not 0.0 <= self.decision_threshold <= 1.0:
+            raise ValueError(f"training set {self.name!r}: decision_threshold must be in [0, 1], "
+                             f"got {self.decision_threshold}")
+
+    @property
+    def max_label_delay_s(self) -> int:
+        return window_seconds(self.max_label_delay)
 
     @property
     def table(self) -> str:
@@ -84,6 +98,13 @@ class TrainingSetSpec:
                 add(name, table.find_field(name).field_type, f"{view.name}, TTL {view.ttl_s} s")
         return TableSpec(TRAINING_NAMESPACE, self.name, Schema(*fields), _unpartitioned(), self.description,
                          {"liveml.spec-version": str(SPEC_VERSION), "liveml.label": self.label})
+
+
+def latest_label_key(label_time_ms: int, value) -> tuple:
+    """Sort key of a trip's labels, smallest first: the latest ``label_time`` wins, and among labels of one
+    time the smallest value. The same rule as the training set's spine (:func:`liveml.training_set.spine_sql`,
+    ``ORDER BY label_time DESC, label``), so the feedback job joins the label a training set would use."""
+    return (-label_time_ms, value)
 
 
 def _unpartitioned():

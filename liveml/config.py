@@ -181,6 +181,41 @@ class PrometheusConfig(_Section):
     metrics_base_port: int = 9300
 
 
+class MonitorConfig(_Section):
+    """`liveml monitor` (started by `liveml up monitor`): quality, drift and skew over event-time windows."""
+    # SIZE is a tumbling window, SIZE/SLIDE a sliding one (sizes as feature windows spell them: 15m, 1h, 24h)
+    windows: list[str] = ["1h", "24h/1h"]
+    interval_s: float = Field(30.0, gt=0)  # how often the monitor reads the tables again
+    max_label_delay: str | None = None  # overrides the training set's (feedback job and labels_complete)
+    metrics_port_offset: int = Field(5, ge=0, le=9)  # serves /metrics on prometheus.metrics_base_port + this
+
+    @field_validator("windows")
+    @classmethod
+    def _check_windows(cls, v: list[str]) -> list[str]:
+        from iceberg_schemas.features import window_seconds
+
+        for w in v:
+            size, _, slide = w.partition("/")
+            if window_seconds(size) < window_seconds(slide or size) or (slide and window_seconds(size) % window_seconds(slide)):
+                raise ValueError(f"window {w!r}: SLIDE must divide SIZE")
+        return v
+
+    @field_validator("max_label_delay")
+    @classmethod
+    def _check_delay(cls, v: str | None) -> str | None:
+        if v is not None:
+            from iceberg_schemas.features import window_seconds
+
+            window_seconds(v)
+        return v
+
+
+class AlertmanagerConfig(_Section):
+    """Alertmanager, started by `liveml up` beside Prometheus; its webhook receiver posts every alert."""
+    port: int = 9095  # Alertmanager's own default, 9093, is the Kafka controller's here
+    webhook_url: str | None = None  # e.g. the controller's /alerts endpoint; None: alerts are only listed
+
+
 class LivemlConfig(_Section):
     home: str = ".liveml"
     jars_dir: str = ".liveml/jars"  # installed by `make setup`; relative to the checkout, not to home
@@ -191,6 +226,8 @@ class LivemlConfig(_Section):
     enrich: EnrichConfig = EnrichConfig()
     catalog: CatalogConfig = CatalogConfig()
     prometheus: PrometheusConfig = PrometheusConfig()
+    monitor: MonitorConfig = MonitorConfig()
+    alertmanager: AlertmanagerConfig = AlertmanagerConfig()
     source: str | None = Field(None, description="the YAML file this config came from, if any")
 
     # --- derived paths -------------------------------------------------------------------------------
