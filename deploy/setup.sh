@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # `make setup`: install everything the platform needs, idempotently.
 #
-#   1. Debian packages (java, maven, redis-server, prometheus, kcat) when missing and we are root;
+#   1. Debian packages (java, maven, redis-server, prometheus, kcat, chromium) when missing and we are root;
 #   2. .venv with the pinned Python closure (constraints.txt), tfx with --ignore-requires-python;
 #   3. JVM jars through Maven (deploy/maven/pom.xml), JDBC drivers and Hadoop into Flink's lib/.
 #
@@ -31,6 +31,7 @@ command -v "$MVN" >/dev/null || missing_pkgs+=(maven)
 command -v redis-server >/dev/null || missing_pkgs+=(redis-server)
 [ -x /usr/bin/prometheus ] || command -v prometheus >/dev/null || missing_pkgs+=(prometheus)
 command -v kcat >/dev/null || missing_pkgs+=(kcat)
+command -v chromium >/dev/null || missing_pkgs+=(chromium)  # `liveml report`'s test renders the HTML headless
 ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing_pkgs+=(postgresql)  # catalog.backend: postgres
 if [ ${#missing_pkgs[@]} -gt 0 ]; then
   if [ "$(id -u)" = "0" ] && command -v apt-get >/dev/null && [ -z "${LIVEML_NO_APT:-}" ]; then
