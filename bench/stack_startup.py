@@ -32,6 +32,7 @@ def bench_config(home: Path):
         "redis": {"url": "redis://localhost:26379/0"},
         "flink": {"rest_url": "http://localhost:28081", "rpc_port": 26123, "metrics_port_range": "29249-29259"},
         "prometheus": {"port": 29090, "metrics_base_port": 29300},
+        "alertmanager": {"port": 29095},
     })
 
 

@@ -30,6 +30,8 @@ command -v "$JAVA" >/dev/null || missing_pkgs+=(openjdk-17-jdk-headless)
 command -v "$MVN" >/dev/null || missing_pkgs+=(maven)
 command -v redis-server >/dev/null || missing_pkgs+=(redis-server)
 [ -x /usr/bin/prometheus ] || command -v prometheus >/dev/null || missing_pkgs+=(prometheus)
+# Debian's Alertmanager; its binary is prometheus-alertmanager (promtool comes with the prometheus package)
+[ -x /usr/bin/prometheus-alertmanager ] || command -v prometheus-alertmanager >/dev/null || missing_pkgs+=(prometheus-alertmanager)
 command -v kcat >/dev/null || missing_pkgs+=(kcat)
 command -v chromium >/dev/null || missing_pkgs+=(chromium)  # `liveml report`'s test renders the HTML headless
 ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing_pkgs+=(postgresql)  # catalog.backend: postgres
@@ -40,7 +42,7 @@ if [ ${#missing_pkgs[@]} -gt 0 ]; then
     apt-get update -qq >/dev/null
     apt-get install -y -qq --no-install-recommends "${missing_pkgs[@]}" >/dev/null
     # the Debian services start themselves; the stack runs its own copies under .liveml/
-    for svc in redis-server prometheus postgresql; do
+    for svc in redis-server prometheus prometheus-alertmanager postgresql; do
       if command -v systemctl >/dev/null && systemctl is-active --quiet "$svc" 2>/dev/null; then
         systemctl stop "$svc" || true; systemctl disable "$svc" >/dev/null 2>&1 || true
       fi

@@ -20,7 +20,7 @@ LIVEML = str(Path(sys.executable).parent / "liveml")
 # Ports for the test stack: the defaults + 10000, so a developer's `liveml up` can keep running.
 TEST_PORTS = {"kafka": 19092, "kafka_controller": 19093, "redis": 16379, "flink_rest": 18081,
               "flink_rpc": 16123, "prometheus": 19090, "flink_metrics": "19249-19259", "metrics": 19300,
-              "serving_grpc": 18500, "serving_rest": 18501}
+              "serving_grpc": 18500, "serving_rest": 18501, "alertmanager": 19095}
 
 
 # Ports nothing listens on, for unit tests of the CLI that must see services as down.
@@ -36,6 +36,7 @@ def write_test_config(home: Path, ports: dict | None = None) -> Path:
         "flink": {"rest_url": f"http://localhost:{TEST['flink_rest']}", "rpc_port": TEST["flink_rpc"],
                   "metrics_port_range": TEST["flink_metrics"], "checkpoint_interval": "5s"},
         "prometheus": {"port": TEST["prometheus"], "metrics_base_port": TEST["metrics"]},
+        "alertmanager": {"port": TEST["alertmanager"]},
         "serving": {"grpc": f"localhost:{TEST['serving_grpc']}", "rest": f"localhost:{TEST['serving_rest']}"},
     }
     path = home / "liveml.yaml"

@@ -1,4 +1,5 @@
-"""Prometheus, scraping Flink's reporter and the Python processes' /metrics endpoints."""
+"""Prometheus, scraping Flink's reporter and the Python processes' /metrics endpoints, evaluating the alert
+rules in ``deploy/prometheus/*.yml`` and sending what fires to the stack's Alertmanager."""
 
 from __future__ import annotations
 
@@ -11,6 +12,8 @@ import yaml
 from liveml.config import REPO_ROOT
 from liveml.stack import process
 from liveml.stack.base import Service, require_binary
+
+RULES_DIR = REPO_ROOT / "deploy" / "prometheus"
 
 
 class PrometheusService(Service):
@@ -30,7 +33,10 @@ class PrometheusService(Service):
         lo, hi = (int(x) for x in self.cfg.flink.metrics_port_range.split("-"))
         conf = {
             "global": {"scrape_interval": p.scrape_interval, "evaluation_interval": p.scrape_interval},
-            "rule_files": [str(REPO_ROOT / "deploy" / "prometheus" / "rules.yml")],
+            # every rules file in deploy/prometheus/ (one per concern; their promtool tests are in tests/)
+            "rule_files": [str(RULES_DIR / "*.yml")],
+            "alerting": {"alertmanagers": [{"static_configs": [
+                {"targets": [f"localhost:{self.cfg.alertmanager.port}"]}]}]},
             "scrape_configs": [
                 {"job_name": "flink", "static_configs": [{"targets": [f"localhost:{port}"
                                                                       for port in range(lo, hi + 1)]}]},

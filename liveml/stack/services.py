@@ -6,6 +6,7 @@ when the catalog lives there, comes first of all.
 
 from __future__ import annotations
 
+from liveml.stack.alertmanager import AlertmanagerService
 from liveml.stack.base import Service
 from liveml.stack.catalog import CatalogService, PostgresService
 from liveml.stack.flink_cluster import FlinkService
@@ -21,8 +22,9 @@ SERVICES: dict[str, type[Service]] = {
     "redis": RedisService,
     "flink": FlinkService,
     "prometheus": PrometheusService,
+    "alertmanager": AlertmanagerService,
     "serving": ServingService,
 }
 
-__all__ = ["SERVICES", "Service", "CatalogService", "FlinkService", "KafkaService", "PostgresService",
-           "PrometheusService", "RedisService", "ServingService"]
+__all__ = ["SERVICES", "Service", "AlertmanagerService", "CatalogService", "FlinkService", "KafkaService",
+           "PostgresService", "PrometheusService", "RedisService", "ServingService"]
