@@ -32,6 +32,11 @@ class RedisUpsert(ScalarFunction):
         self.stale = group.counter("online_stale_skipped")
         self.write_ms = group.distribution("online_write_ms")
         self.lag_ms = group.distribution("online_event_lag_ms")
+        # a distribution reaches Prometheus as a constant 0 (Flink's reporter exports numbers only), so
+        # freshness is read from this gauge: the newest event time written so far, epoch ms (0 before the
+        # first batch); Prometheus's time() minus it is the age of the freshest feature row of the view
+        self.newest_event_ms = 0
+        group.gauge("online_newest_event_ms", lambda: self.newest_event_ms)
 
     def eval(self, entity: pd.Series, event_ms: pd.Series, source_id: pd.Series, *features: pd.Series) -> pd.Series:
         names = self.view.feature_names()
@@ -47,7 +52,9 @@ class RedisUpsert(ScalarFunction):
         self.writes.inc(written)
         self.stale.inc(len({str(e) for e in entity}) - written)
         self.write_ms.update(int(took))
-        self.lag_ms.update(max(0, int(time.time() * 1000 - int(event_ms.max()))))
+        newest = int(event_ms.max())
+        self.newest_event_ms = max(self.newest_event_ms, newest)
+        self.lag_ms.update(max(0, int(time.time() * 1000 - newest)))
         return pd.Series([1] * len(rows), dtype="int64")
 
 
