@@ -70,7 +70,7 @@ def config_cmd(ctx: click.Context, as_json: bool) -> None:
 @click.option("--json", "as_json", is_flag=True)
 @click.pass_context
 def up(ctx: click.Context, services: tuple[str, ...], as_json: bool) -> None:
-    """Start the local stack (default: catalog kafka redis flink prometheus). Idempotent."""
+    """Start the local stack (default: catalog kafka redis flink prometheus alertmanager). Idempotent."""
     from liveml.stack import launcher
 
     cfg = _cfg(ctx)
