@@ -123,7 +123,8 @@ CATALOG: tuple[MetricSpec, ...] = (
     MetricSpec("flink_taskmanager_job_task_operator_numRecordsIn", "counter", "flink",
                ("job_name", "operator_name", "subtask_index"), "records into an operator (a DLQ writer: dead letters)"),
     MetricSpec("flink_taskmanager_job_task_operator_numRecordsOut", "counter", "flink",
-               ("job_name", "operator_name", "subtask_index"), "records out of an operator (a Kafka source: events read)"),
+               ("job_name", "operator_name", "subtask_index"),
+               "records out of an operator (a Kafka source: events read)"),
     # --- the enrichment operator (flink_jobs/enrich_operator.py, group liveml.enrich) -------------------------
     _enrich("predictions", "counter", "enrich", "prediction rows emitted"),
     _by_status("predictions", "counter", "enrich", "prediction rows by model version and status"),

@@ -132,7 +132,8 @@ def test_serving_metrics_equal_the_model_servers_registry():
     exported = set()
     for family in REGISTRY.collect():
         if family.name.startswith("tensorflow"):
-            exported.add((family.name + "_total", "counter") if family.type == "counter" else (family.name, family.type))
+            counter = family.type == "counter"
+            exported.add((family.name + "_total", "counter") if counter else (family.name, family.type))
     assert exported == {(m.name, m.kind) for m in mc.CATALOG if m.exporter == "serving"}
 
 
