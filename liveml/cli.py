@@ -189,7 +189,7 @@ def tables_list(ctx: click.Context, as_json: bool) -> None:
 
 # --- Flink jobs ----------------------------------------------------------------------------------------
 @main.command(context_settings={"ignore_unknown_options": True},
-              short_help="Submit a job (features, enrich, proof, backfill) to the Flink cluster.")
+              short_help="Submit a job (features, enrich, feedback, proof, backfill) to the Flink cluster.")
 @click.argument("job")
 @click.argument("job_args", nargs=-1, type=click.UNPROCESSED)
 @click.option("--fresh", is_flag=True, help="Start without the job's saved state (Kafka from the offsets its "
@@ -203,7 +203,7 @@ def submit(ctx: click.Context, job: str, job_args: tuple[str, ...], fresh: bool,
            print_command: bool, as_json: bool) -> None:
     """Submit a job (e.g. `features`) to the running Flink cluster with every jar and the venv's Python.
 
-    An unbounded run of features, enrich or proof resumes from the newest savepoint (`liveml cancel`,
+    An unbounded run of features, enrich, feedback or proof resumes from the newest savepoint (`liveml cancel`,
     `liveml down`) or retained checkpoint of that job, and says which; --fresh starts without it. A job
     whose source topic does not exist is refused (`liveml tables create` makes them)."""
     import shlex
@@ -406,6 +406,7 @@ from liveml import cli_offline  # noqa: E402,F401  (registers query, sql, traini
 from liveml import cli_serving  # noqa: E402,F401  (registers serve, predict, models)
 from liveml import cli_training  # noqa: E402,F401  (registers train)
 from liveml import cli_demo  # noqa: E402,F401  (registers demo)
+from liveml import cli_report  # noqa: E402,F401  (registers report)
 
 if __name__ == "__main__":  # pragma: no cover
     main()

@@ -27,6 +27,7 @@ JOBS: dict[str, str] = {
     "features": "flink_jobs/features_job.py",
     "backfill": "flink_jobs/backfill_job.py",
     "enrich": "flink_jobs/enrich_job.py",
+    "feedback": "flink_jobs/feedback_job.py",
 }
 
 
@@ -195,6 +196,12 @@ def _enrich_topics(cfg: LivemlConfig, opts: argparse.Namespace) -> list[str]:
     return [cfg.kafka.topic(TRIPS.topic)]
 
 
+def _feedback_topics(cfg: LivemlConfig, opts: argparse.Namespace) -> list[str]:
+    from iceberg_schemas.sources import LABELS, PREDICTIONS_TOPIC
+
+    return [cfg.kafka.topic(PREDICTIONS_TOPIC), cfg.kafka.topic(LABELS.topic)]
+
+
 def _proof_topics(cfg: LivemlConfig, opts: argparse.Namespace) -> list[str]:
     from liveml.topics import PROOF_TOPIC
 
@@ -203,7 +210,8 @@ def _proof_topics(cfg: LivemlConfig, opts: argparse.Namespace) -> list[str]:
 
 # Job name -> the Kafka topics it reads (the backfill job reads Iceberg only). A job given as a file path
 # is not checked: what it reads is its own business.
-SOURCE_TOPICS = {"features": _features_topics, "enrich": _enrich_topics, "proof": _proof_topics}
+SOURCE_TOPICS = {"features": _features_topics, "enrich": _enrich_topics, "feedback": _feedback_topics,
+                 "proof": _proof_topics}
 
 
 def job_config(cfg: LivemlConfig, job_args: Sequence[str]) -> LivemlConfig:

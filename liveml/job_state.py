@@ -44,7 +44,7 @@ from liveml.errors import LivemlError, ServiceError
 
 # `liveml submit` names of the jobs that run unbounded and keep state between runs. A job still to come
 # (the feedback job) joins here and calls flink_jobs.common.state_configuration in its job file.
-STATEFUL_JOBS = ("features", "enrich", "proof")
+STATEFUL_JOBS = ("features", "enrich", "feedback", "proof")
 SAVEPOINTS_KEPT = 3  # per job and tenant; older ones are removed once a newer state exists
 FRESH_MARK = "started-fresh"
 ACTIVE_STATES = ("CREATED", "INITIALIZING", "RUNNING", "RESTARTING", "FAILING", "CANCELLING", "RECONCILING")

@@ -27,8 +27,15 @@ TEST_PORTS = {"kafka": 19092, "kafka_controller": 19093, "redis": 16379, "flink_
 OFFLINE_PORTS = {k: (v + 20000 if isinstance(v, int) else "39249-39259") for k, v in TEST_PORTS.items()}
 
 
+def _shifted(ports: dict, shift: int) -> dict:
+    return {k: (v + shift if isinstance(v, int) else "-".join(str(int(x) + shift) for x in v.split("-")))
+            for k, v in ports.items()}
+
+
 def write_test_config(home: Path, ports: dict | None = None) -> Path:
-    TEST = ports or TEST_PORTS
+    """A config on the test ports; ``LIVEML_TEST_PORT_SHIFT=N`` moves them by N, so a second test session
+    can run beside one that holds them."""
+    TEST = ports or _shifted(TEST_PORTS, int(os.environ.get("LIVEML_TEST_PORT_SHIFT", "0")))
     cfg = {
         "home": str(home),
         "kafka": {"bootstrap_servers": f"localhost:{TEST['kafka']}", "controller_port": TEST["kafka_controller"]},
