@@ -3,6 +3,11 @@
 IcebergExampleGen -> StatisticsGen -> ImportSchemaGen (curated schema) -> ExampleValidator -> AnomalyGate
 -> Transform -> Trainer -> Resolver (latest blessed model: the baseline) -> Evaluator -> ServingPusher.
 
+StatisticsGen reads the curated schema too, so integer features it marks ``is_categorical`` (community areas)
+get categorical statistics (value frequencies), which the schema's L-infinity drift comparators need. The
+pusher takes StatisticsGen's and the schema's artifacts as inputs: they are the pushed version's drift
+reference (``lineage.json`` -> ``reference``; :mod:`tfx_pipeline.reference`).
+
 The Evaluator (TFMA) computes AUC, log loss (BinaryCrossentropy), BinaryAccuracy, Calibration, counts, mean
 label/prediction, overall and sliced by payment_type and pickup_community_area, on the ``eval`` split (the
 latest ``eval_fraction`` of the rows by decision time). It blesses a model when overall AUC >= ``auc_floor`` and, once a
@@ -51,6 +56,13 @@ def eval_config(auc_floor: float = 0.9, slice_features: Sequence[str] = SLICE_FE
         ])])
 
 
+def _sqlite_path(metadata_connection_config) -> str:
+    """The ML Metadata SQLite file of a connection config, or "" (another backend, or none given)."""
+    if metadata_connection_config is None or not metadata_connection_config.HasField("sqlite"):
+        return ""
+    return metadata_connection_config.sqlite.filename_uri
+
+
 def create_pipeline(pipeline_name: str, pipeline_root: str, catalog_properties: str, serving_model_dir: str,
                     training_table: str = F.TRAINING_TABLE, snapshot_id: int = 0,
                     preprocessing_fn: str = PREPROCESSING_FN, run_fn: str = RUN_FN,
@@ -66,8 +78,9 @@ def create_pipeline(pipeline_name: str, pipeline_root: str, catalog_properties: 
     ``propose_schema`` adds a SchemaGen whose inferred schema is only a proposal (nothing consumes it)."""
     example_gen = IcebergExampleGen(catalog_properties=catalog_properties, training_table=training_table,
                                     snapshot_id=int(snapshot_id), eval_fraction=float(eval_fraction))
-    statistics_gen = tfx.components.StatisticsGen(examples=example_gen.outputs["examples"])
     schema_gen = tfx.components.ImportSchemaGen(schema_file=schema_file)
+    statistics_gen = tfx.components.StatisticsGen(examples=example_gen.outputs["examples"],
+                                                  schema=schema_gen.outputs["schema"])
     example_validator = tfx.components.ExampleValidator(statistics=statistics_gen.outputs["statistics"],
                                                         schema=schema_gen.outputs["schema"])
     gate = AnomalyGate(anomalies=example_validator.outputs["anomalies"])
@@ -90,11 +103,13 @@ def create_pipeline(pipeline_name: str, pipeline_root: str, catalog_properties: 
         baseline_model=model_resolver.outputs["model"], eval_config=eval_config(auc_floor))
     pusher = ServingPusher(model=trainer.outputs["model"], model_blessing=evaluator.outputs["blessing"],
                            evaluation=evaluator.outputs["evaluation"], examples=example_gen.outputs["examples"],
-                           serving_model_dir=serving_model_dir, pipeline_run=pipeline_run)
-    components = [example_gen, statistics_gen, schema_gen, example_validator, gate, transform, trainer,
+                           statistics=statistics_gen.outputs["statistics"], schema=schema_gen.outputs["schema"],
+                           serving_model_dir=serving_model_dir, pipeline_run=pipeline_run,
+                           metadata_path=_sqlite_path(metadata_connection_config))
+    components = [example_gen, schema_gen, statistics_gen, example_validator, gate, transform, trainer,
                   model_resolver, evaluator, pusher]
     if propose_schema:
-        components.insert(2, tfx.components.SchemaGen(statistics=statistics_gen.outputs["statistics"],
+        components.insert(3, tfx.components.SchemaGen(statistics=statistics_gen.outputs["statistics"],
                                                       infer_feature_shape=False).with_id("proposed_schema_gen"))
     return tfx.dsl.Pipeline(pipeline_name=pipeline_name, pipeline_root=pipeline_root, components=components,
                             enable_cache=enable_cache, metadata_connection_config=metadata_connection_config,

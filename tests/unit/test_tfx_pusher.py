@@ -67,3 +67,35 @@ def test_auc_thresholds_hold_on_the_overall_slice_only():
     assert auc.threshold.value_threshold.lower_bound.value == 0.93
     assert auc.threshold.change_threshold.absolute.value < 0  # no regression against the baseline
     assert cfg.model_specs[0].signature_name == "serving_examples"
+
+
+def test_the_pusher_takes_the_runs_statistics_and_schema_as_inputs(tmp_path):
+    """The version's drift reference is linked in ML Metadata itself: StatisticsGen's and the schema's
+    artifacts are inputs of the push; StatisticsGen reads the schema (categorical ints get value counts)."""
+    from tfx import v1 as tfx
+
+    from tfx_pipeline.pipeline import create_pipeline
+
+    db = str(tmp_path / "metadata.db")
+    p = create_pipeline("tips", str(tmp_path / "root"), "{}", str(tmp_path / "serving"),
+                        metadata_connection_config=tfx.orchestration.metadata.sqlite_metadata_connection_config(db))
+    by_id = {c.id: c for c in p.components}
+    pusher = by_id["ServingPusher"]
+    assert pusher.inputs["statistics"].producer_component_id == "StatisticsGen"
+    assert pusher.inputs["schema"].producer_component_id == "ImportSchemaGen"
+    assert pusher.exec_properties["metadata_path"] == db
+    assert by_id["StatisticsGen"].inputs["schema"].producer_component_id == "ImportSchemaGen"
+    assert create_pipeline("tips", str(tmp_path / "r"), "{}", str(tmp_path / "s")).components[-1] \
+        .exec_properties["metadata_path"] == ""
+
+
+def test_monitoring_lineage_is_the_training_sets_declaration():
+    from iceberg_schemas.training import TIPS, TrainingSetSpec
+    from tfx_pipeline.components.serving_pusher import monitoring_lineage
+
+    assert monitoring_lineage() == {"training_set": "tips", "decision_threshold": TIPS.decision_threshold,
+                                    "max_label_delay": TIPS.max_label_delay,
+                                    "max_label_delay_s": TIPS.max_label_delay_s}
+    other = TrainingSetSpec(name="x", label="big_tipper", max_label_delay="2h", decision_threshold=0.3)
+    assert monitoring_lineage(other)["max_label_delay_s"] == 7200
+    assert monitoring_lineage(other)["decision_threshold"] == 0.3

@@ -5,8 +5,12 @@ small increasing integers, rather than TFX's stock Pusher's Unix timestamp (also
 a hidden temp directory first and is renamed into place, so the model server never sees a half-written
 version. Beside ``saved_model.pb`` it writes ``lineage.json`` (what ``liveml models list`` shows): the pipeline
 run, training table and snapshot, the input snapshot ids, spec version, train/eval ranges, rows, the
-Evaluator's metrics and ``blessed: true``. An unblessed model is not pushed; the PushedModel artifact then
-records ``pushed = 0`` and why.
+Evaluator's metrics and ``blessed: true``; what monitoring needs: the training set's ``decision_threshold``
+and ``max_label_delay`` (``max_label_delay_s``), and the ``reference`` the version's drift is measured
+against (StatisticsGen's train-split statistics and the run's schema, both inputs of this component so ML
+Metadata links them to the push, and ``score_statistics.pb``, the version's scores on the eval split; see
+:mod:`tfx_pipeline.reference`). An unblessed model is not pushed; the PushedModel artifact then records
+``pushed = 0`` and why.
 """
 
 # (no `from __future__ import annotations`: TFX parses the component signature at runtime)
@@ -20,7 +24,7 @@ from tfx.dsl.component.experimental.annotations import InputArtifact, OutputArti
 from tfx.dsl.component.experimental.decorators import component
 from tfx.types import standard_artifacts
 
-LINEAGE_FILE = "lineage.json"
+from tfx_pipeline.reference import LINEAGE_FILE, SCORE_STATS_FILE, reference_lineage, score_statistics
 
 
 def next_version(base: str) -> int:
@@ -105,8 +109,10 @@ def validation_summary(evaluation_uri: str) -> dict:
     return {"ok": bool(result.validation_ok), "failures": failures}
 
 
-def push(model_dir: str, serving_model_dir: str, lineage: dict) -> tuple[int, str]:
-    """Copy ``model_dir`` (a SavedModel) to ``<serving_model_dir>/<next version>``, with ``lineage.json``."""
+def push(model_dir: str, serving_model_dir: str, lineage: dict,
+         extra_files: dict[str, bytes] | None = None) -> tuple[int, str]:
+    """Copy ``model_dir`` (a SavedModel) to ``<serving_model_dir>/<next version>``, with ``lineage.json`` and
+    ``extra_files`` (name -> content) beside it, all in place before the version appears."""
     os.makedirs(serving_model_dir, exist_ok=True)
     for _ in range(5):
         version = next_version(serving_model_dir)
@@ -114,6 +120,9 @@ def push(model_dir: str, serving_model_dir: str, lineage: dict) -> tuple[int, st
         shutil.copytree(model_dir, tmp)
         with open(os.path.join(tmp, LINEAGE_FILE), "w") as f:
             json.dump({**lineage, "version": version}, f, indent=2, sort_keys=True)
+        for name, content in (extra_files or {}).items():
+            with open(os.path.join(tmp, name), "wb") as f:
+                f.write(content)
         dest = os.path.join(serving_model_dir, str(version))
         try:
             os.rename(tmp, dest)  # atomic; fails if another push took this version meanwhile
@@ -123,17 +132,43 @@ def push(model_dir: str, serving_model_dir: str, lineage: dict) -> tuple[int, st
     raise RuntimeError(f"could not claim a version under {serving_model_dir}")
 
 
+def monitoring_lineage(spec=None) -> dict:
+    """The training set's ``decision_threshold`` and ``max_label_delay`` (and in seconds), recorded with the
+    version so the monitor measures precision/recall and waits for labels as the training set declares."""
+    from tfx_pipeline import features as F
+
+    spec = spec or F.SPEC
+    return {"training_set": spec.name, "decision_threshold": float(spec.decision_threshold),
+            "max_label_delay": spec.max_label_delay, "max_label_delay_s": int(spec.max_label_delay_s)}
+
+
+def score_reference(model_dir: str, examples_uri: str, split: str = "eval") -> tuple[dict, dict[str, bytes]]:
+    """``(lineage["reference"]["scores"], {file name: bytes})``: the model's score statistics on ``split``.
+    A failure is recorded (``{"error": ...}``) and the push goes on: score drift is then skipped for the
+    version, feature drift is not."""
+    try:
+        stats, rows = score_statistics(model_dir, examples_uri, split)
+    except Exception as exc:  # noqa: BLE001 (a model that cannot score its eval split is the Evaluator's to catch)
+        return {"error": f"{type(exc).__name__}: {exc}", "split": split}, {}
+    return {"file": SCORE_STATS_FILE, "split": split, "rows": rows}, {SCORE_STATS_FILE: stats.SerializeToString()}
+
+
 @component
 def ServingPusher(  # noqa: N802
         model: InputArtifact[standard_artifacts.Model],
         model_blessing: InputArtifact[standard_artifacts.ModelBlessing],
         evaluation: InputArtifact[standard_artifacts.ModelEvaluation],
         examples: InputArtifact[standard_artifacts.Examples],
+        statistics: InputArtifact[standard_artifacts.ExampleStatistics],
+        schema: InputArtifact[standard_artifacts.Schema],
         pushed_model: OutputArtifact[standard_artifacts.PushedModel],
         serving_model_dir: Parameter[str],
         pipeline_run: Parameter[str] = "",
+        metadata_path: Parameter[str] = "",
 ) -> None:
-    """Push ``model`` to ``serving_model_dir`` if ``model_blessing`` says blessed."""
+    """Push ``model`` to ``serving_model_dir`` if ``model_blessing`` says blessed. ``statistics``/``schema``:
+    the run's StatisticsGen and schema artifacts, recorded as the version's drift reference;
+    ``metadata_path``: the ML Metadata SQLite file, recorded so the reference can be looked up again."""
     blessed = int(model_blessing.get_int_custom_property("blessed") or 0) == 1
     validation = validation_summary(evaluation.uri)
     metrics = evaluation_metrics(evaluation.uri)
@@ -161,8 +196,13 @@ def ServingPusher(  # noqa: N802
         "blessed": True,
         "model_uri": model.uri,
         "pushed_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        **monitoring_lineage(),
     }
-    version, dest = push(os.path.join(model.uri, "Format-Serving"), serving_model_dir, lineage)
+    model_dir = os.path.join(model.uri, "Format-Serving")
+    scores, extra = score_reference(model_dir, examples.uri)
+    lineage["reference"] = reference_lineage(statistics.uri, statistics.id, schema.uri, schema.id, metadata_path,
+                                             scores)
+    version, dest = push(model_dir, serving_model_dir, lineage, extra)
     pushed_model.set_int_custom_property("pushed", 1)
     pushed_model.set_int_custom_property("pushed_version", version)
     pushed_model.set_string_custom_property("pushed_destination", dest)
