@@ -35,7 +35,7 @@ import json
 import math
 import time
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import datetime, timedelta, timezone
 from typing import Any, Callable, Mapping, Sequence
 
 import duckdb
@@ -377,6 +377,31 @@ def build_training_set(store: OfflineStore, spec: TrainingSetSpec = TIPS, label_
     table.transaction().set_properties(**{"liveml.lineage": encoded,
                                           f"liveml.lineage.{snap.snapshot_id}": encoded}).commit_transaction()
     return lineage
+
+
+def features_at(store: OfflineStore, spine: pa.Table, spec: TrainingSetSpec = TIPS,
+                feature_views: Sequence[FeatureView] | None = None, source: str = "stream",
+                spec_version: int = SPEC_VERSION) -> pa.Table:
+    """The model inputs a training set would hold for an arbitrary spine: ``spine`` has ``spec.keys`` and
+    ``spec.decision_time`` (e.g. the predictions made: trip id and event time), and each row gets its
+    request-time fields and view features by the same point-in-time SQL as a build (:func:`training_sql`),
+    read at the tables' current snapshots (recorded in the result's schema metadata,
+    ``liveml.snapshot_ids``). Returns keys, decision time, a NULL label column and the feature columns, one
+    row per spine row whose decision event is in the context table (the others are left out, as in a
+    build). One slice: meant for a monitor's windows, not for a million rows."""
+    views = list(feature_views or spec.feature_views)
+    inputs = _inputs(spec, views, source, None)
+    snaps = {name: store.resolve_snapshot(store.table(name)) for name in inputs.all()[1:]}
+    con = store.connect()
+    con.register("_spine", spine)
+    con.execute(f'CREATE OR REPLACE TEMP TABLE labelled AS SELECT {_keys(spec)}, "{spec.decision_time}", '
+                f'CAST(NULL AS BOOLEAN) AS "{spec.label}" FROM _spine WHERE "{spec.decision_time}" IS NOT NULL')
+    lo, hi = con.execute(f'SELECT min("{spec.decision_time}"), max("{spec.decision_time}") FROM labelled').fetchone()
+    if lo is None:  # no rows: still the right columns (the views read an empty range)
+        lo = hi = datetime(1970, 1, 1, tzinfo=timezone.utc)
+    _slice_views(store, con, spec, views, inputs, snaps, lo, hi, spec_version, 0)
+    out = con.execute(training_sql(spec, views)).arrow()
+    return out.replace_schema_metadata({"liveml.snapshot_ids": json.dumps(snaps, sort_keys=True)})
 
 
 def lineage(store: OfflineStore, table_name: str, snapshot_id: int | None = None) -> dict[str, Any]:
