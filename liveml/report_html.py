@@ -53,9 +53,9 @@ def _grid(n: int, ncols: int, width: float = 5.2, height: float = 2.8) -> tuple[
     return fig, axes[:n]
 
 
-def _version(row) -> str:
-    return f"{row['model_name']} v{row['model_version']}" + (f" ({row['model_label']})" if "model_label" in row
-                                                             and isinstance(row["model_label"], str) else "")
+def _version(name, version, label) -> str:
+    shown = f"{name} v{version}" if not pd.isna(version) else f"{name} (no version)"
+    return shown + (f" ({label})" if isinstance(label, str) else "")
 
 
 def quality_plot(rows: pd.DataFrame, metric: str, specs: Sequence[str], decisions: pd.DataFrame | None) -> Plot:
@@ -65,17 +65,13 @@ def quality_plot(rows: pd.DataFrame, metric: str, specs: Sequence[str], decision
     fig, axes = _grid(len(specs), 2, width=6.5, height=3.4)
     for ax, spec in zip(axes, specs):
         part = rows[rows["window"] == spec]
-        keys = part[["model_name", "model_version", "model_label"]].drop_duplicates()
-        for i, key in enumerate(keys.to_dict("records")):
-            sel = part[(part["model_name"].fillna("") == (key["model_name"] or "")) &
-                       (part["model_version"].fillna(-1) == (-1 if pd.isna(key["model_version"]) else key["model_version"])) &
-                       (part["model_label"].fillna("") == (key["model_label"] or ""))]
-            colour = f"C{i % 10}"
+        groups = part.groupby(["model_name", "model_version", "model_label"], dropna=False, sort=True)
+        for i, ((name, version, label), sel) in enumerate(groups):
+            colour, who = f"C{i % 10}", _version(name, version, label)
             x = _t(sel["window_end"])
-            ax.plot(x, sel["realised"].astype(float).to_numpy(), "-o", ms=3, color=colour,
-                    label=f"{_version(key)} realised")
+            ax.plot(x, sel["realised"].astype(float).to_numpy(), "-o", ms=3, color=colour, label=f"{who} realised")
             ax.plot(x, sel["estimated"].astype(float).to_numpy(), "--", color=colour, alpha=0.8,
-                    label=f"{_version(key)} estimated")
+                    label=f"{who} estimated")
         if decisions is not None and not decisions.empty:
             for when, text in zip(_t(decisions["_time"]), decisions["_text"]):
                 ax.axvline(when, color="0.3", lw=0.8, ls=":")
@@ -172,7 +168,8 @@ h1{margin-bottom:4px} h2{border-bottom:1px solid #ccc;padding-bottom:4px;margin-
 .status.ok{background:#2a8a3e} .status.no_data{background:#888} .status.unavailable{background:#c77c00}
 .status.error{background:#c0392b}
 table{border-collapse:collapse;margin:8px 0;font-size:85%} th,td{border:1px solid #ddd;padding:3px 8px}
-th{background:#f3f3f3;text-align:left} td{white-space:nowrap} .scroll{overflow-x:auto} td.num{text-align:right;font-variant-numeric:tabular-nums}
+th{background:#f3f3f3;text-align:left} td{white-space:nowrap} .scroll{overflow-x:auto}
+td.num{text-align:right;font-variant-numeric:tabular-nums}
 img{max-width:100%;display:block;margin:8px 0} pre{background:#f6f8fa;padding:8px;overflow-x:auto;font-size:80%}
 caption{text-align:left;font-weight:600;padding:4px 0}
 """
@@ -207,7 +204,8 @@ def _table_html(table) -> str:
             attrs = f' data-col="{esc(c)}"' + (' data-null="1"' if value is None else f' data-value="{esc(value)}"')
             cells.append(f'<td{attrs}{" class=num" if numeric else ""}>{esc(shown)}</td>')
         body.append(f'<tr data-row="{i}">{"".join(cells)}</tr>')
-    out = (f'<div class="scroll"><table id="{esc(table.id)}" data-table="{esc(table.id)}" data-rows="{len(table.rows)}">'
+    out = (f'<div class="scroll"><table id="{esc(table.id)}" data-table="{esc(table.id)}" '
+           f'data-rows="{len(table.rows)}">'
            f"<caption>{esc(table.caption)}</caption><thead><tr>{head}</tr></thead>"
            f"<tbody>{''.join(body)}</tbody></table></div>")
     if len(table.rows) > COLLAPSE_ROWS:

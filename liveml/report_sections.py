@@ -267,7 +267,8 @@ def dlq(r: Reader, s: Section, read: Callable[[], dict[str, Any]]) -> None:
     df = pd.DataFrame(rows, columns=["topic", "dead_letters", "raw_table", "accepted", "dlq_share", "reasons"])
     _table(s, "dlq-topics", "Per dead-letter topic: records (committed, read_committed), events accepted "
            "into the raw table, and the dead-letter share dead / (dead + accepted)", df)
-    reasons = [{"reason": f"{t}: {k}", "count": v} for t, c in counts.items() for k, v in (c.get("reasons") or {}).items()]
+    reasons = [{"reason": f"{t}: {k}", "count": v}
+               for t, c in counts.items() for k, v in (c.get("reasons") or {}).items()]
     if reasons:
         s.plots.append(plots.bar_plot(pd.DataFrame(reasons), "reason", "count", "dead letters",
                                       "Dead letters per topic and reason"))

@@ -7,6 +7,7 @@ import json
 import os
 import shutil
 import subprocess
+import warnings
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
@@ -36,18 +37,18 @@ def _sigmoid(x):
     return 1 / (1 + np.exp(-x))
 
 
-def trips_frame() -> pd.DataFrame:
+def trips_frame(n: int = N_TRIPS) -> pd.DataFrame:
     """The first real trips, paced one every 8 s from T0 (a replay's compression of event time)."""
-    trips = rp.load_trips().head(N_TRIPS).reset_index(drop=True)
+    trips = rp.load_trips().head(n).reset_index(drop=True)
     trips["start_ms"] = int(T0.timestamp() * 1000) + np.arange(len(trips)) * 8000
     trips["trip_seconds"] = trips["trip_seconds"].clip(upper=3600)
     return trips
 
 
-def fill(catalog) -> dict[str, pd.DataFrame]:
+def fill(catalog, n: int = N_TRIPS) -> dict[str, pd.DataFrame]:
     """raw.trips, predictions.trips, monitoring.outcomes, .quality and .drift from the real trips with
     deterministic scores (a logistic model of payment type and fare, v2 a canary on every fifth trip)."""
-    trips = trips_frame()
+    trips = trips_frame(n)
     raw, labels = rp.trip_tables(trips)
     for t in MONITORING:
         create(catalog, t)
@@ -107,7 +108,8 @@ def quality_rows(outcomes: pd.DataFrame) -> list[dict]:
     for spec, (size, slide) in WINDOWS.items():
         for start in window_starts(size, slide):
             end = start + timedelta(seconds=size)
-            for v, part in scored[(scored["decision_time"] >= start) & (scored["decision_time"] < end)].groupby("model_version"):
+            in_window = scored[(scored["decision_time"] >= start) & (scored["decision_time"] < end)]
+            for v, part in in_window.groupby("model_version"):
                 lab = part[part["outcome"] == "labelled"]
                 real, est = realised(lab["score"], lab["label"].astype(bool)), estimated(part["score"])
                 for when, stale in ((COMPUTED - timedelta(hours=1), True), (COMPUTED, False)):
@@ -126,7 +128,8 @@ def drift_rows() -> list[dict]:
     for k, start in enumerate(window_starts(3600, 3600)):
         for v in (1, 2):
             for feature, stat, dist, thr in (("fare", "jensen_shannon", 0.02 + 0.04 * k, 0.1),
-                                             ("payment_type", "linf", 0.05, 0.2), ("score", "jensen_shannon", 0.01 * k, 0.1),
+                                             ("payment_type", "linf", 0.05, 0.2),
+                                             ("score", "jensen_shannon", 0.01 * k, 0.1),
                                              ("company", "share_differ", 0.01 * (k + 1) * v, None),
                                              ("trip_miles", "share_differ", 0.002 * k, None)):
                 kind = "skew" if stat == "share_differ" else "drift"
@@ -235,8 +238,8 @@ def test_report_renders_in_chromium_and_its_numbers_equal_liveml_sql(filled):
     fare = next(r for r in key_table(doc, "drift-summary") if r["feature"] == "fare" and r["model_version"] == "1")
     assert float(fare["max_distance"]) == sql(config, "SELECT max(distance) AS d FROM monitoring.drift "
                                                       "WHERE feature = 'fare' AND model_version = 1")[0]["d"]
-    assert int(fare["windows_over"]) == sum(1 for r in drift_rows() if r["feature"] == "fare" and r["model_version"] == 1
-                                            and r["drifted"])
+    assert int(fare["windows_over"]) == sum(1 for r in drift_rows()
+                                            if r["feature"] == "fare" and r["model_version"] == 1 and r["drifted"])
     assert key_table(doc, "skew-largest")[0]["feature"] == "company"
 
     # every statement shown runs unchanged through `liveml sql`
@@ -290,7 +293,8 @@ def test_time_range_dead_letters_and_decisions_on_the_timeline(filled):
     assert latency.tables[0].rows[0]["predictions"] == len(in_range)
     dlq = next(s for s in before.sections if s.id == "dlq")
     trips_row = next(r for r in dlq.tables[0].rows if r["topic"] == "trips.dlq")
-    assert trips_row["accepted"] == len(frames["raw"]) and trips_row["dlq_share"] == pytest.approx(30 / (30 + len(frames["raw"])))
+    assert trips_row["accepted"] == len(frames["raw"])
+    assert trips_row["dlq_share"] == pytest.approx(30 / (30 + len(frames["raw"])))
     assert "malformed_json: 20" in trips_row["reasons"]
 
     catalog.create_table("monitoring.decisions", Schema(
@@ -311,3 +315,30 @@ def test_time_range_dead_letters_and_decisions_on_the_timeline(filled):
     assert list(later["action"]) == ["rollback"]
     page = write_report(after, tmp / "decisions.html").read_text()
     assert 'id="decisions-list"' in page and 'data-status="ok"' in page
+
+
+def test_one_window_and_malformed_rows_draw_every_section_without_a_warning(tmp_path):
+    """Three trips (one window, one bucket, one delay bin) and predictions whose feature_ages is not JSON,
+    not an object, or missing, with no status or latency: every section draws, nothing warns."""
+    from liveml.offline import OfflineStore
+    from liveml.report import build_report
+
+    _, catalog = cli_catalog(tmp_path)
+    fill(catalog, n=3)
+    append(catalog, "predictions.trips", [
+        {"trip_id": "bad-1", "event_time": T0, "feature_ages": "not json", "status": None, "latency_ms": None},
+        {"trip_id": "bad-2", "event_time": T0, "feature_ages": "[1, 2]", "status": "invalid", "latency_ms": 1.0},
+        {"trip_id": "bad-3", "event_time": T0, "feature_ages": None}])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)
+        warnings.simplefilter("error", RuntimeWarning)
+        report = build_report(OfflineStore(catalog, tmp_path / "duck"), dead_letters=lambda: {})
+    status = {s.id: (s.status, s.note) for s in report.sections}
+    assert {k: v[0] for k, v in status.items()} == {**dict.fromkeys(status, "ok"), "decisions": "no_data"}, status
+    latency = next(s for s in report.sections if s.id == "latency")
+    by_status = {r["status"]: r["predictions"] for r in latency.tables[1].rows}
+    assert by_status == {"ok": 3, "invalid": 1, "null": 2}  # bad-1 and bad-3 have no status
+    assert latency.tables[0].rows[0]["timed"] == 4  # bad-1 and bad-3 have no latency
+    freshness = next(s for s in report.sections if s.id == "freshness")
+    assert all(r["predictions"] == 3 for r in freshness.tables[0].rows)  # the three real ones; bad rows skipped
+    assert next(s for s in report.sections if s.id == "dlq").note == "no dead letters: every event was accepted"
