@@ -18,7 +18,9 @@ import requests
 from flink_jobs import replay as rp
 from flink_jobs.feedback import COUNTERS
 from iceberg_schemas.sources import PREDICTIONS_TOPIC
+from iceberg_schemas.tables import OUTCOMES
 from iceberg_schemas.training import TIPS
+from liveml.catalog import open_catalog
 from liveml.config import load_config
 from tests.conftest import cli_json, run_cli
 from tests.integration.test_features_faults import kill_taskmanagers, operator_metric
@@ -127,14 +129,18 @@ def flush_watermark(cfg, after_ms: int) -> None:
     assert producer.flush(30) == 0
 
 
-def wait_rows(tenant, n: int, timeout: float = 300) -> pd.DataFrame:
+def outcome_rows(cfg) -> int:
+    """Rows in monitoring.outcomes, from the current snapshot's summary (no data read)."""
+    snap = open_catalog(cfg).load_table(OUTCOMES.identifier).current_snapshot()
+    return int(snap.summary.additional_properties.get("total-records", 0)) if snap else 0
+
+
+def wait_rows(cfg, n: int, timeout: float = 300) -> int:
     deadline = time.time() + timeout
-    got = pd.DataFrame()
-    while time.time() < deadline:
-        got = read_table(tenant, "monitoring.outcomes")
-        if len(got) >= n:
-            return got
-        time.sleep(3)
+    got = outcome_rows(cfg)
+    while got < n and time.time() < deadline:
+        time.sleep(1)
+        got = outcome_rows(cfg)
     return got
 
 
@@ -151,7 +157,13 @@ def test_outcomes_equal_a_pandas_join_of_the_real_trips_through_a_taskmanager_ki
     first = ([p for p in preds if p["event_time"] < split], [x for x in labels if x["label_time"] < split])
     second = ([p for p in preds if p["event_time"] >= split], [x for x in labels if x["label_time"] >= split])
 
+    t0 = time.time()
+
+    def step(what: str) -> None:  # where the time goes, printed with -s
+        print(f"[{time.time() - t0:6.1f}s] {what}", flush=True)
+
     job_id = cli_json(tenant, "submit", "feedback")["job_id"]
+    step("submitted")
     try:
         produce(cfg, first[0], PREDICTIONS_TOPIC, "event_time")
         produce(cfg, first[1], rp.LABELS_TOPIC, "label_time")
@@ -159,8 +171,8 @@ def test_outcomes_equal_a_pandas_join_of_the_real_trips_through_a_taskmanager_ki
         # (the watermark is the smallest over every partition of both topics, and the real trips are sparse: ~14 a
         # day, so a partition may lack the last hours before the split)
         done_first = expected[expected.event_time + 2 * MAX_DELAY_MS < split - 2 * 24 * HOUR]
-        got = wait_rows(tenant, len(done_first))
-        assert len(got) >= len(done_first), (len(got), len(done_first))
+        assert wait_rows(cfg, len(done_first)) >= len(done_first), len(done_first)
+        step("first half's outcomes written")
         # the counters, read before any failure (Flink's metrics start again at 0 after a restore)
         deadline = time.time() + 90
         seen = counters(cfg, job_id)
@@ -169,18 +181,20 @@ def test_outcomes_equal_a_pandas_join_of_the_real_trips_through_a_taskmanager_ki
             seen = counters(cfg, job_id)
         assert {k: seen[k] for k in want_counts} == want_counts, seen
         assert seen["late_labels"] == 0 and seen["duplicate_predictions"] == 0, seen
+        step("counters read")
 
         produce(cfg, second[0], PREDICTIONS_TOPIC, "event_time")
         produce(cfg, second[1], rp.LABELS_TOPIC, "label_time")
-        before = len(read_table(tenant, "monitoring.outcomes"))
-        deadline = time.time() + 120
-        while len(read_table(tenant, "monitoring.outcomes")) <= before and time.time() < deadline:
-            time.sleep(1)
+        before = outcome_rows(cfg)
+        wait_rows(cfg, before + 1, timeout=120)
         kill_taskmanagers(stack_config)  # mid-stream: outcomes of the second half are still being written
+        step("TaskManager killed")
         flush_watermark(cfg, preds[-1]["event_time"])
-        got = wait_rows(tenant, len(expected), timeout=420)
+        wait_rows(cfg, len(expected), timeout=420)
+        step("every outcome written")
     finally:
         run_cli(tenant, "cancel", job_id, "--hard", check=False)
+    got = read_table(tenant, "monitoring.outcomes")
 
     assert not got.trip_id.duplicated().any(), got[got.trip_id.duplicated(keep=False)].sort_values("trip_id")
     assert len(got) == len(expected)
