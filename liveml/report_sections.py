@@ -139,13 +139,22 @@ ORDER BY feature, "window", model_name, model_version, window_start""")
 def skew(r: Reader, s: Section) -> None:
     r.require("monitoring.drift", "`liveml monitor`")
     base = latest_computation("monitoring.drift", DRIFT_KEYS, ["kind = 'skew'", *r.windows()])
-    summary = r.query(s, "the ten largest skew shares", _drift_summary(base, "max_distance DESC NULLS LAST, feature",
-                                                                        "\nLIMIT 10"))
+    shares = f"SELECT * FROM ({base}) WHERE statistic = 'share_differ'"
+    summary = r.query(s, "the ten largest skew shares (share_differ)",
+                      _drift_summary(shares, "max_distance DESC NULLS LAST, feature", "\nLIMIT 10"))
     if summary.empty:
         raise NoData("no data yet: monitoring.drift has no skew rows in the range")
-    _table(s, "skew-largest", "Features whose served values differ most often from the offline ones", summary)
+    _table(s, "skew-largest", "Features whose served values differ most often from the offline ones "
+           "(share of rows, largest first)", summary)
     s.plots.append(plots.bar_plot(summary, "feature", "max_distance", "largest share of values that differ",
                                   "Skew: largest share per feature"))
+    comparators = f"SELECT * FROM ({base}) WHERE statistic IN ('linf', 'jensen_shannon')"
+    tfdv = r.query(s, "TFDV's skew comparator per feature, against the schema's threshold",
+                   _drift_summary(comparators, "windows_over DESC, max_distance DESC NULLS LAST, feature",
+                                  "\nLIMIT 10"))
+    if not tfdv.empty:
+        _table(s, "skew-comparators", "TFDV's skew comparator (L-infinity, Jensen-Shannon) between served and "
+               "offline statistics of the same rows", tfdv)
 
 
 # --- predictions: freshness and latency ----------------------------------------------------------------

@@ -131,8 +131,10 @@ def drift_rows() -> list[dict]:
                                              ("payment_type", "linf", 0.05, 0.2),
                                              ("score", "jensen_shannon", 0.01 * k, 0.1),
                                              ("company", "share_differ", 0.01 * (k + 1) * v, None),
-                                             ("trip_miles", "share_differ", 0.002 * k, None)):
-                kind = "skew" if stat == "share_differ" else "drift"
+                                             ("trip_miles", "share_differ", 0.002 * k, None),
+                                             ("trip_miles", "mean_abs_diff", 1.5, None),
+                                             ("company", "linf", 0.03 * k, 0.1)):
+                kind = "skew" if stat in ("share_differ", "mean_abs_diff") or feature == "company" else "drift"
                 rows.append({"window_start": start, "window_end": start + timedelta(hours=1), "window": "1h",
                              "model_name": "tips", "model_version": v, "kind": kind, "feature": feature,
                              "statistic": stat, "distance": dist, "threshold": thr,
@@ -240,7 +242,11 @@ def test_report_renders_in_chromium_and_its_numbers_equal_liveml_sql(filled):
                                                       "WHERE feature = 'fare' AND model_version = 1")[0]["d"]
     assert int(fare["windows_over"]) == sum(1 for r in drift_rows()
                                             if r["feature"] == "fare" and r["model_version"] == 1 and r["drifted"])
-    assert key_table(doc, "skew-largest")[0]["feature"] == "company"
+    largest = key_table(doc, "skew-largest")  # shares only: trip_miles' mean_abs_diff of 1.5 is no share
+    assert [(r["feature"], r["model_version"]) for r in largest][:2] == [("company", "2"), ("company", "1")]
+    assert {r["statistic"] for r in largest} == {"share_differ"}
+    company = next(r for r in key_table(doc, "skew-comparators") if r["model_version"] == "1")
+    assert (company["statistic"], int(company["windows_over"])) == ("linf", 1)  # 0.03 * 4 > 0.1
 
     # every statement shown runs unchanged through `liveml sql`
     shown_sql = [pre.text_content() for pre in doc.xpath('//section[@id="sec-latency"]//pre[@data-sql]')]
