@@ -176,7 +176,8 @@ QUALITY = TableSpec(
         _f(5, "model_version", LongType()),
         _f(6, "model_label", StringType()),
         _f(7, "metric", StringType(), True, "count | positive_rate | mean_score | log_loss | brier | auc | "
-                                              "calibration | precision | recall"),
+                                              "calibration | precision | recall | unscored (predictions "
+                                              "without a score, left out of the others)"),
         _f(8, "estimated", DoubleType(), doc="from the scores alone (CBPE), before labels"),
         _f(9, "realised", DoubleType(), doc="from the labels; null until the window has labelled rows"),
         _f(10, "n_scored", LongType(), doc="predictions with a score in the window"),
