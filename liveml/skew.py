@@ -89,12 +89,13 @@ def offline_values(store, predictions: pd.DataFrame, spec=None) -> pd.DataFrame:
 
 
 def skew_rows(store, cfg, predictions: pd.DataFrame, windows: Sequence[str] | None = None,
-              min_rows: int = 1) -> pd.DataFrame:
+              min_rows: int = 1, since=None) -> pd.DataFrame:
     """Served vs point-in-time offline feature values per window, model version and feature: rows with the
     columns of ``monitoring.drift`` (``kind="skew"``). ``predictions``: rows of ``predictions.trips`` (at
     least ``trip_id``, ``event_time``, ``model_name``, ``model_version``, ``features``; ``status`` if there);
     ``store``: a :class:`liveml.offline.OfflineStore` over the catalog with ``raw.trips`` and the feature
-    tables; ``windows``: default ``cfg.monitor.windows``."""
+    tables; ``windows``: default ``cfg.monitor.windows``; ``since``: only windows ending after it.
+    ``min_rows``: ``drifted`` is None below it (1: any compared row is evidence of skew)."""
     specs = [D.WindowSpec.parse(w) for w in (windows if windows is not None else cfg.monitor.windows)]
     computed_at = pd.Timestamp.now(tz="UTC")
     live = D.served_rows(predictions).reset_index(drop=True) if len(predictions) else predictions
@@ -112,9 +113,8 @@ def skew_rows(store, cfg, predictions: pd.DataFrame, windows: Sequence[str] | No
         off = offline.iloc[group.index.to_numpy()].reset_index(drop=True)
         served_batch, offline_batch = D.arrow_batch(served, kinds), D.arrow_batch(off, kinds)
         for spec in specs:
-            for start, members in D.assign_windows(group["event_time"], spec).groupby("window_start", sort=True):
-                idx = members["row"].to_numpy()
-                rows += _window_rows(spec, int(start), name, int(version), schema, kinds, served.iloc[idx],
+            for start, idx in D.window_groups(group["event_time"], spec, since):
+                rows += _window_rows(spec, start, name, int(version), schema, kinds, served.iloc[idx],
                                      off.iloc[idx], served_batch, offline_batch, idx, reference, min_rows,
                                      computed_at)
     out = D.frame(rows)
