@@ -27,7 +27,8 @@ Windows follow ``cfg.monitor.windows``: ``"1h"`` is tumbling, ``"24h/1h"`` slidi
 aligned to the Unix epoch and rows are assigned by ``event_time``, as Flink's event-time windows do. Only rows
 with status ``ok`` and a model version count (a fallback names no version). A version whose directory,
 ``lineage.json`` or reference is gone is skipped and counted in ``result.attrs["skipped_versions"]``
-(``{"name/version": reason}``); it never stops the others.
+(``{"name/version": reason}``); it never stops the others. A window TFDV fails on is left out and named in
+``result.attrs["failed_windows"]``.
 """
 
 from __future__ import annotations
@@ -51,6 +52,7 @@ MIN_ROWS = 2000  # below it resampled undrifted real windows crossed the thresho
 SERVING_ENV = "SERVING"
 SCORES_SCHEMA = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tfx_pipeline", "schema",
                              "scores.pbtxt")
+TFX_PIPELINE = "tips"  # tfx_pipeline.runner.run_local's default pipeline name
 _STATISTIC = {1: "linf", 2: "jensen_shannon", 3: "normalized_abs_difference"}  # DriftSkewInfo.Measurement.Type
 
 
@@ -241,7 +243,9 @@ def version_reference(cfg, model_name: str, version: int):
     if key not in _REFERENCES:
         if len(_REFERENCES) >= 64:  # bounded: a long-lived monitor sees many versions come and go
             _REFERENCES.clear()
-        _REFERENCES[key] = load_reference(vdir)
+        # ML Metadata where `liveml train` keeps it (tfx_pipeline.runner's layout), for a lineage naming none
+        metadata = cfg.path("tfx", "metadata", TFX_PIPELINE, "metadata.db")
+        _REFERENCES[key] = load_reference(vdir, str(metadata) if metadata.is_file() else None)
     return _REFERENCES[key]
 
 
@@ -287,6 +291,7 @@ def drift_rows(store, cfg, predictions: pd.DataFrame, windows: Sequence[str] | N
     computed_at = pd.Timestamp.now(tz="UTC")
     rows: list[dict[str, Any]] = []
     skipped: dict[str, str] = {}
+    failed: dict[str, str] = {}
     live = served_rows(predictions) if len(predictions) else predictions
     scores_schema = None
     for (name, version), group in (live.groupby(["model_name", "model_version"], sort=True) if len(live) else ()):
@@ -304,10 +309,16 @@ def drift_rows(store, cfg, predictions: pd.DataFrame, windows: Sequence[str] | N
             scores_schema = load_scores_schema()
         for spec in specs:
             for start, idx in window_groups(group["event_time"], spec, since):
-                rows += _window_rows(spec, start, name, int(version), ref, batch, idx, score, scores_schema,
-                                     min_rows, computed_at)
+                try:
+                    rows += _window_rows(spec, start, name, int(version), ref, batch, idx, score, scores_schema,
+                                         min_rows, computed_at)
+                except Exception as exc:  # noqa: BLE001 (one window TFDV cannot summarise never stops the rest)
+                    where = f"{name}/{int(version)} {spec.text} @{_ts(start).isoformat()}"
+                    failed[where] = f"{type(exc).__name__}: {exc}"
+                    log.warning("drift: window %s failed: %s", where, exc)
     out = frame(rows)
     out.attrs["skipped_versions"] = skipped
+    out.attrs["failed_windows"] = failed
     return out
 
 

@@ -101,6 +101,7 @@ def skew_rows(store, cfg, predictions: pd.DataFrame, windows: Sequence[str] | No
     live = D.served_rows(predictions).reset_index(drop=True) if len(predictions) else predictions
     rows: list[dict[str, Any]] = []
     unmatched, reference = 0, None
+    failed: dict[str, str] = {}
     if len(live):
         offline = offline_values(store, live)
         unmatched, reference = len(live) - len(offline), offline.attrs["reference"]
@@ -114,11 +115,16 @@ def skew_rows(store, cfg, predictions: pd.DataFrame, windows: Sequence[str] | No
         served_batch, offline_batch = D.arrow_batch(served, kinds), D.arrow_batch(off, kinds)
         for spec in specs:
             for start, idx in D.window_groups(group["event_time"], spec, since):
-                rows += _window_rows(spec, start, name, int(version), schema, kinds, served.iloc[idx],
-                                     off.iloc[idx], served_batch, offline_batch, idx, reference, min_rows,
-                                     computed_at)
+                try:
+                    rows += _window_rows(spec, start, name, int(version), schema, kinds, served.iloc[idx],
+                                         off.iloc[idx], served_batch, offline_batch, idx, reference, min_rows,
+                                         computed_at)
+                except Exception as exc:  # noqa: BLE001 (one window TFDV cannot summarise never stops the rest)
+                    failed[f"{name}/{int(version)} {spec.text} @{D._ts(start).isoformat()}"] = \
+                        f"{type(exc).__name__}: {exc}"
     out = D.frame(rows)
     out.attrs["unmatched"] = unmatched
+    out.attrs["failed_windows"] = failed
     return out
 
 

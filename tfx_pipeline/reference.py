@@ -149,8 +149,9 @@ def read_lineage(version_dir: str) -> dict[str, Any]:
 
 def load_reference(version_dir: str, metadata_path: str | None = None) -> Reference:
     """The reference of the version in ``version_dir`` (``<model_base_path>/<name>/<version>``), from its
-    ``lineage.json``, falling back on ML Metadata (``metadata_path``, else the one the lineage names) for
-    what the lineage lacks or what has moved. Raises :class:`ReferenceMissing` naming what is missing."""
+    ``lineage.json``, falling back on ML Metadata for what the lineage lacks or what has moved: the store
+    the lineage names when it exists, else ``metadata_path``. Raises :class:`ReferenceMissing` naming what
+    is missing."""
     import tensorflow_data_validation as tfdv
 
     lineage = read_lineage(version_dir)
@@ -158,7 +159,7 @@ def load_reference(version_dir: str, metadata_path: str | None = None) -> Refere
     stats_file = (ref.get("statistics") or {}).get("train")
     schema_path = (ref.get("schema") or {}).get("file")
     if not (stats_file and os.path.isfile(stats_file) and schema_path and os.path.isfile(schema_path)):
-        db = metadata_path or ref.get("metadata")
+        db = ref.get("metadata") if ref.get("metadata") and os.path.isfile(ref["metadata"]) else metadata_path
         if not db or not os.path.isfile(db):
             raise ReferenceMissing(f"{version_dir}: the run's statistics/schema ({stats_file}, {schema_path}) "
                                    f"are not on disk and no ML Metadata store to look them up in ({db})")

@@ -268,3 +268,22 @@ def test_a_version_without_lineage_is_counted_and_skipped(version, predictions):
     skipped = rows.attrs["skipped_versions"]
     assert sorted(skipped) == ["tips/2", "tips/3"]
     assert "no lineage.json" in skipped["tips/2"] and "unreadable" in skipped["tips/3"]
+
+
+def test_a_window_tfdv_fails_on_is_named_and_the_others_kept(version, predictions, monkeypatch):
+    from liveml import drift as D
+
+    real = D.statistics
+    calls = []
+
+    def flaky(batch, schema):
+        calls.append(batch.num_rows)
+        if len(calls) == 2:
+            raise RuntimeError("TFDV choked")
+        return real(batch, schema)
+
+    monkeypatch.setattr(D, "statistics", flaky)
+    rows = D.drift_rows(None, version[0], predictions.iloc[:3 * 3600], ["1h"])
+    assert len(rows.window_start.unique()) == 2
+    (where,) = rows.attrs["failed_windows"]
+    assert where.startswith("tips/1 1h @2023-11-15T00:00:00") and "TFDV choked" in rows.attrs["failed_windows"][where]
