@@ -200,7 +200,7 @@ DRIFT = TableSpec(
         _f(5, "model_version", LongType(), doc="the served version whose training statistics are the reference"),
         _f(6, "kind", StringType(), True, "drift (live vs training) | skew (served vs point-in-time offline)"),
         _f(7, "feature", StringType(), True, "a model input, or score"),
-        _f(8, "statistic", StringType(), True, "linf | jensen_shannon | share_differ"),
+        _f(8, "statistic", StringType(), True, "linf | jensen_shannon (TFDV) | share_differ | mean_abs_diff (skew)"),
         _f(9, "distance", DoubleType()),
         _f(10, "threshold", DoubleType()),
         _f(11, "drifted", BooleanType()),
