@@ -91,7 +91,7 @@ def _epoch_ms(times: pd.Series) -> np.ndarray:
     return (t.astype("int64") // 1_000_000).to_numpy(np.int64)
 
 
-def _ts(ms: int) -> pd.Timestamp:
+def timestamp(ms: int) -> pd.Timestamp:
     return pd.Timestamp(int(ms), unit="ms", tz="UTC")
 
 
@@ -183,7 +183,7 @@ def measurements(anomalies, kind: str = "drift") -> dict[str, list[tuple[str, fl
     return out
 
 
-def _environment(schema) -> str | None:
+def serving_environment(schema) -> str | None:
     return SERVING_ENV if SERVING_ENV in schema.default_environment else None
 
 
@@ -192,7 +192,7 @@ def compare(current, reference, schema, kind: str = "drift") -> dict[str, list[t
     "skew" (``serving_statistics=current`` against ``reference`` as the training side)."""
     import tensorflow_data_validation as tfdv
 
-    env = _environment(schema)
+    env = serving_environment(schema)
     if kind == "drift":
         anomalies = tfdv.validate_statistics(current, schema, environment=env, previous_statistics=reference)
     else:
@@ -207,10 +207,13 @@ def load_scores_schema(path: str = SCORES_SCHEMA):
 
 
 # --- rows ------------------------------------------------------------------------------------------------------
-def _row(window: WindowSpec, start_ms: int, name: str, version: int, kind: str, feature: str, statistic: str,
-         distance, threshold, n: int, reference: str | None, min_rows: int, computed_at) -> dict[str, Any]:
+def drift_row(window: WindowSpec, start_ms: int, name: str, version: int, kind: str, feature: str,
+              statistic: str, distance, threshold, n: int, reference: str | None, min_rows: int,
+              computed_at) -> dict[str, Any]:
+    """One ``monitoring.drift`` row; ``drifted`` is ``distance > threshold`` once ``n >= min_rows``, else None."""
     judged = distance is not None and threshold is not None and n >= min_rows
-    return {"window_start": _ts(start_ms), "window_end": _ts(start_ms + window.size_s * 1000), "window": window.text,
+    return {"window_start": timestamp(start_ms), "window_end": timestamp(start_ms + window.size_s * 1000),
+            "window": window.text,
             "model_name": name, "model_version": int(version), "kind": kind, "feature": feature,
             "statistic": statistic, "distance": None if distance is None else float(distance),
             "threshold": None if threshold is None else float(threshold),
@@ -301,7 +304,7 @@ def drift_rows(store, cfg, predictions: pd.DataFrame, windows: Sequence[str] | N
             skipped[f"{name}/{int(version)}"] = str(exc)
             log.warning("drift: skipping %s version %s: %s", name, version, exc)
             continue
-        kinds = feature_kinds(ref.schema, _environment(ref.schema))
+        kinds = feature_kinds(ref.schema, serving_environment(ref.schema))
         feats, _ = expand_features(group["features"], list(kinds))
         batch = arrow_batch(feats, kinds)
         score = pd.to_numeric(group["score"], errors="coerce").to_numpy(np.float64)
@@ -313,7 +316,7 @@ def drift_rows(store, cfg, predictions: pd.DataFrame, windows: Sequence[str] | N
                     rows += _window_rows(spec, start, name, int(version), ref, batch, idx, score, scores_schema,
                                          min_rows, computed_at)
                 except Exception as exc:  # noqa: BLE001 (one window TFDV cannot summarise never stops the rest)
-                    where = f"{name}/{int(version)} {spec.text} @{_ts(start).isoformat()}"
+                    where = f"{name}/{int(version)} {spec.text} @{timestamp(start).isoformat()}"
                     failed[where] = f"{type(exc).__name__}: {exc}"
                     log.warning("drift: window %s failed: %s", where, exc)
     out = frame(rows)
@@ -326,23 +329,23 @@ def _window_rows(spec, start, name, version, ref, batch, idx, score, scores_sche
     from tfx_pipeline.reference import statistics_of_scores
 
     rows = []
-    current = statistics(batch.take(_arrow_indices(idx)), ref.schema)
+    current = statistics(batch.take(arrow_indices(idx)), ref.schema)
     counts = non_missing(current)
     for feature, ms in sorted(compare(current, ref.statistics, ref.schema).items()):
         for statistic, distance, threshold in ms:
-            rows.append(_row(spec, start, name, version, "drift", feature, statistic, distance, threshold,
+            rows.append(drift_row(spec, start, name, version, "drift", feature, statistic, distance, threshold,
                              counts.get(feature, 0), ref.statistics_file, min_rows, computed_at))
     s = score[idx]
     s = s[~np.isnan(s)]
     if ref.score_statistics is not None and s.size:
         for feature, ms in compare(statistics_of_scores(s), ref.score_statistics, scores_schema).items():
             for statistic, distance, threshold in ms:
-                rows.append(_row(spec, start, name, version, "drift", feature, statistic, distance, threshold,
+                rows.append(drift_row(spec, start, name, version, "drift", feature, statistic, distance, threshold,
                                  int(s.size), ref.score_file, min_rows, computed_at))
     return rows
 
 
-def _arrow_indices(idx: np.ndarray):
+def arrow_indices(idx: np.ndarray):
     import pyarrow as pa
 
     return pa.array(np.asarray(idx, dtype=np.int64))

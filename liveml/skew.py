@@ -109,7 +109,7 @@ def skew_rows(store, cfg, predictions: pd.DataFrame, windows: Sequence[str] | No
         offline = offline.drop(columns="_pos").reset_index(drop=True)
     for (name, version), group in (live.groupby(["model_name", "model_version"], sort=True) if len(live) else ()):
         schema = _schema(cfg, name, int(version))
-        kinds = {k: v for k, v in D.feature_kinds(schema, D._environment(schema)).items() if k in offline}
+        kinds = {k: v for k, v in D.feature_kinds(schema, D.serving_environment(schema)).items() if k in offline}
         served, _ = D.expand_features(group["features"], list(kinds))
         off = offline.iloc[group.index.to_numpy()].reset_index(drop=True)
         served_batch, offline_batch = D.arrow_batch(served, kinds), D.arrow_batch(off, kinds)
@@ -120,7 +120,7 @@ def skew_rows(store, cfg, predictions: pd.DataFrame, windows: Sequence[str] | No
                                          off.iloc[idx], served_batch, offline_batch, idx, reference, min_rows,
                                          computed_at)
                 except Exception as exc:  # noqa: BLE001 (one window TFDV cannot summarise never stops the rest)
-                    failed[f"{name}/{int(version)} {spec.text} @{D._ts(start).isoformat()}"] = \
+                    failed[f"{name}/{int(version)} {spec.text} @{D.timestamp(start).isoformat()}"] = \
                         f"{type(exc).__name__}: {exc}"
     out = D.frame(rows)
     out.attrs["unmatched"] = unmatched
@@ -134,21 +134,21 @@ def _window_rows(spec, start, name, version, schema, kinds, served, off, served_
     rows = []
     for feature, kind in kinds.items():
         d = differ(served[feature].reset_index(drop=True), off[feature].reset_index(drop=True), kind)
-        rows.append(D._row(spec, start, name, version, "skew", feature, "share_differ", float(d.mean()),
+        rows.append(D.drift_row(spec, start, name, version, "skew", feature, "share_differ", float(d.mean()),
                            SHARE_DIFFER_THRESHOLD, n, reference, min_rows, computed_at))
         if kind != "string":
             a = pd.to_numeric(served[feature], errors="coerce").to_numpy(np.float64)
             b = pd.to_numeric(off[feature], errors="coerce").to_numpy(np.float64)
             both = ~np.isnan(a) & ~np.isnan(b)
             if both.any():
-                rows.append(D._row(spec, start, name, version, "skew", feature, "mean_abs_diff",
+                rows.append(D.drift_row(spec, start, name, version, "skew", feature, "mean_abs_diff",
                                    float(np.abs(a[both] - b[both]).mean()), None, int(both.sum()),
                                    reference, min_rows, computed_at))
-    take = D._arrow_indices(idx)
+    take = D.arrow_indices(idx)
     served_stats = D.statistics(served_batch.take(take), schema)
     offline_stats = D.statistics(offline_batch.take(take), schema)
     for feature, ms in sorted(D.compare(served_stats, offline_stats, schema, kind="skew").items()):
         for statistic, distance, threshold in ms:
-            rows.append(D._row(spec, start, name, version, "skew", feature, statistic, distance, threshold, n,
+            rows.append(D.drift_row(spec, start, name, version, "skew", feature, statistic, distance, threshold, n,
                                reference, min_rows, computed_at))
     return rows
