@@ -407,6 +407,7 @@ from liveml import cli_serving  # noqa: E402,F401  (registers serve, predict, mo
 from liveml import cli_training  # noqa: E402,F401  (registers train)
 from liveml import cli_demo  # noqa: E402,F401  (registers demo)
 from liveml import cli_report  # noqa: E402,F401  (registers report)
+from liveml import cli_monitor  # noqa: E402,F401  (registers monitor)
 
 if __name__ == "__main__":  # pragma: no cover
     main()

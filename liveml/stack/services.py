@@ -11,6 +11,7 @@ from liveml.stack.base import Service
 from liveml.stack.catalog import CatalogService, PostgresService
 from liveml.stack.flink_cluster import FlinkService
 from liveml.stack.kafka import KafkaService
+from liveml.stack.monitor import MonitorService
 from liveml.stack.prometheus import PrometheusService
 from liveml.stack.redis_server import RedisService
 from liveml.stack.serving import ServingService
@@ -24,7 +25,8 @@ SERVICES: dict[str, type[Service]] = {
     "prometheus": PrometheusService,
     "alertmanager": AlertmanagerService,
     "serving": ServingService,
+    "monitor": MonitorService,  # after the catalog; started only when named (`liveml up monitor`)
 }
 
 __all__ = ["SERVICES", "Service", "AlertmanagerService", "CatalogService", "FlinkService", "KafkaService",
-           "PostgresService", "PrometheusService", "RedisService", "ServingService"]
+           "MonitorService", "PostgresService", "PrometheusService", "RedisService", "ServingService"]
