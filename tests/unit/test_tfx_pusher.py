@@ -99,3 +99,61 @@ def test_monitoring_lineage_is_the_training_sets_declaration():
     other = TrainingSetSpec(name="x", label="big_tipper", max_label_delay="2h", decision_threshold=0.3)
     assert monitoring_lineage(other)["max_label_delay_s"] == 7200
     assert monitoring_lineage(other)["decision_threshold"] == 0.3
+
+
+def test_the_pusher_records_the_reference_in_lineage(tmp_path, monkeypatch):
+    """ServingPusher's executor, as TFX runs it, on a stand-in model: lineage.json names the run's statistics
+    and schema (URIs and ML Metadata ids), the training set's threshold and label delay, and the version's
+    eval-split score statistics sit beside it. (The Evaluator's output is stubbed: TFMA is not under test.)"""
+    import tensorflow as tf
+    from tfx.types import standard_artifacts
+
+    from iceberg_schemas.training import TIPS
+    from serving.testing import export_standin_model, standin_example
+    from tfx_pipeline.components import serving_pusher as sp
+    from tfx_pipeline.reference import ReferenceMissing, load_reference
+
+    monkeypatch.setattr(sp, "evaluation_metrics", lambda uri: {"auc": 0.9})
+    monkeypatch.setattr(sp, "slice_metrics", lambda uri: {})
+    monkeypatch.setattr(sp, "validation_summary", lambda uri: {"ok": True, "failures": []})
+
+    def artifact(cls, uri, aid):
+        a = cls()
+        a.uri = str(uri)
+        a.id = aid
+        return a
+
+    model = artifact(standard_artifacts.Model, tmp_path / "Trainer" / "model" / "9", 9)
+    export_standin_model(tmp_path / "standin", 1)
+    (tmp_path / "Trainer" / "model" / "9").mkdir(parents=True)
+    (tmp_path / "standin" / "1").rename(tmp_path / "Trainer" / "model" / "9" / "Format-Serving")
+    blessing = artifact(standard_artifacts.ModelBlessing, tmp_path / "blessing", 10)
+    blessing.set_int_custom_property("blessed", 1)
+    examples = artifact(standard_artifacts.Examples, tmp_path / "examples", 2)
+    (tmp_path / "examples" / "Split-eval").mkdir(parents=True)
+    with tf.io.TFRecordWriter(str(tmp_path / "examples" / "Split-eval" / "data.gz"), options="GZIP") as w:
+        for fare in (5.0, 12.0, 40.0):
+            w.write(standin_example(fare=fare).SerializeToString())
+    statistics = artifact(standard_artifacts.ExampleStatistics, tmp_path / "StatisticsGen" / "statistics" / "3", 3)
+    schema = artifact(standard_artifacts.Schema, tmp_path / "ImportSchemaGen" / "schema" / "1", 1)
+    pushed = artifact(standard_artifacts.PushedModel, tmp_path / "pushed", 11)
+    serving = tmp_path / "serving" / "tips"
+    evaluation = artifact(standard_artifacts.ModelEvaluation, tmp_path / "eval", 8)
+    sp.ServingPusher.EXECUTOR_SPEC.executor_class().Do(
+        {"model": [model], "model_blessing": [blessing], "evaluation": [evaluation], "examples": [examples],
+         "statistics": [statistics], "schema": [schema]},
+        {"pushed_model": [pushed]},
+        {"serving_model_dir": str(serving), "pipeline_run": "tips-1", "metadata_path": "/m/metadata.db"})
+    lineage = json.loads((serving / "1" / "lineage.json").read_text())
+    assert lineage["decision_threshold"] == TIPS.decision_threshold
+    assert (lineage["max_label_delay"], lineage["max_label_delay_s"]) == (TIPS.max_label_delay, TIPS.max_label_delay_s)
+    ref = lineage["reference"]
+    assert ref["statistics"] == {"uri": statistics.uri, "artifact_id": 3,
+                                 "train": statistics.uri + "/Split-train/FeatureStats.pb"}
+    assert ref["schema"] == {"uri": schema.uri, "artifact_id": 1, "file": schema.uri + "/schema.pbtxt"}
+    assert ref["scores"] == {"file": "score_statistics.pb", "split": "eval", "rows": 3}
+    assert ref["metadata"] == "/m/metadata.db"
+    assert (serving / "1" / "score_statistics.pb").is_file() and (serving / "1" / "saved_model.pb").is_file()
+    assert pushed.get_int_custom_property("pushed_version") == 1
+    with pytest.raises(ReferenceMissing, match="not on disk"):  # the fake run wrote no statistics: said so
+        load_reference(str(serving / "1"))
