@@ -381,7 +381,7 @@ def run_forever(cfg: LivemlConfig, store: OfflineStore | None = None, serve: boo
 def status_line(summary: dict[str, Any]) -> str:
     """One line for the log: what was read, what was written or why not, how long it took."""
     if summary["result"] != "ok":
-        return f"{summary['result']}: {summary.get('reason', '')}"
+        return str(summary.get("reason") or summary["result"])
     pins = ", ".join(f"{t}@{s}" for t, s in summary["inputs"].items())
 
     def part(name: str) -> str:

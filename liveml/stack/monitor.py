@@ -34,7 +34,8 @@ class MonitorService(Service):
         return f"localhost:{self.port()}"
 
     def _start(self) -> subprocess.Popen:
-        cmd = [sys.executable, "-m", "liveml.cli"]
+        # not `-m liveml.cli`: run as __main__, the CLI module would lack the commands registered on liveml.cli
+        cmd = [sys.executable, "-c", "from liveml.cli import main; main(prog_name='liveml')"]
         if self.cfg.source:
             cmd += ["--config", str(self.cfg.source)]
         return process.spawn([*cmd, "monitor"], self.log, self.pidfile, cwd=REPO_ROOT)

@@ -276,3 +276,14 @@ def test_version_settings_fall_back_and_the_config_overrides_the_delay(env):
     over = cfg.model_copy(update={"monitor": cfg.monitor.model_copy(update={"max_label_delay": "2h"})})
     assert M.version_settings(over, "tips", 2).max_label_delay_s == 7200
     assert np.isfinite(M.metrics_port(cfg))
+
+
+def test_the_stack_service_is_started_by_name_on_the_metrics_port(env):
+    from liveml.stack.launcher import default_up, resolve
+    from liveml.stack.monitor import MonitorService
+
+    cfg, _, _ = env
+    assert "monitor" not in default_up(cfg) and resolve(cfg, ["monitor", "catalog"]) == ["catalog", "monitor"]
+    svc = MonitorService(cfg)
+    assert svc.ports() == [M.metrics_port(cfg)] == [cfg.prometheus.metrics_base_port + cfg.monitor.metrics_port_offset]
+    assert svc.status()["up"] is False  # nothing listens: not healthy, and no error
