@@ -285,13 +285,15 @@ def cancel(ctx: click.Context, job_id: str, hard: bool, timeout: float, as_json:
 @click.option("--drift", default=None, metavar="SCENARIO",
               help="Shift one distribution of the real data: fare_up, card_share_up or tips_down.")
 @click.option("--bad-fraction", type=float, default=0.0, help="Corrupt this share of trip events (DLQ drills).")
+@click.option("--label-delay", default="15m", show_default=True, metavar="DURATION",
+              help="How long (event time) after its trip ends a tip becomes known, on topic labels.")
 @click.option("--seed", type=int, default=0)
 @click.option("--wait", is_flag=True, help="Then wait until the feature job has committed the labels sent to "
                                             "Iceberg (labels.trips), so a training set built next sees them.")
 @click.option("--json", "as_json", is_flag=True)
 @click.pass_context
 def replay(ctx: click.Context, rate, speedup, limit, amplify, trips_per_s, since, for_, drift, bad_fraction,
-           seed, wait, as_json: bool) -> None:
+           label_delay, seed, wait, as_json: bool) -> None:
     """Produce the real Chicago taxi trips (start, end, and later the label) into Kafka, in event-time order."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
@@ -311,11 +313,12 @@ def replay(ctx: click.Context, rate, speedup, limit, amplify, trips_per_s, since
             raise click.BadParameter(f"{value!r} must look like 90s, 30m or 2h", param_hint=flag) from None
 
     since_s, for_s = duration(since, "--since"), duration(for_, "--for")
+    label_delay_s = duration(label_delay, "--label-delay")
     if since_s and not amplify:
         raise click.BadParameter("needs --amplify: the real rows keep their own 2013-2016 times", param_hint="--since")
     now_ms = int(time.time() * 1000)
     events = rp.build_events(amplify_k=amplify, drift=drift, seed=seed, trips_per_s=trips_per_s,
-                             start_ms=now_ms - since_s * 1000 if since_s else None)
+                             start_ms=now_ms - since_s * 1000 if since_s else None, label_delay_s=label_delay_s)
     origin_ms = None
     if since_s:  # a live stream: from the wall clock's now (building the events took a moment), each at its time
         origin_ms = int(time.time() * 1000)

@@ -220,8 +220,10 @@ def write_report(report: Report, path: str | Path) -> Path:
     """Write ``report`` as one HTML file (plots inside as base64 PNG); returns the path."""
     from liveml.report_html import render
 
+    from liveml.config import made_dir
+
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    made_dir(path.parent)
     part = path.with_name(path.name + ".part")
     part.write_text(render(report), encoding="utf-8")
     part.replace(path)
