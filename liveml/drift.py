@@ -36,14 +36,13 @@ from __future__ import annotations
 import json
 import logging
 import os
-from dataclasses import dataclass
 from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
 
-from iceberg_schemas.features import window_seconds
 from iceberg_schemas.tables import DRIFT
+from liveml.quality_windows import WindowSpec
 
 log = logging.getLogger(__name__)
 
@@ -57,23 +56,6 @@ _STATISTIC = {1: "linf", 2: "jensen_shannon", 3: "normalized_abs_difference"}  #
 
 
 # --- windows -------------------------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class WindowSpec:
-    """``"1h"`` (tumbling) or ``"24h/1h"`` (size/slide), in seconds; epoch aligned."""
-
-    text: str
-    size_s: int
-    slide_s: int
-
-    @classmethod
-    def parse(cls, text: str) -> "WindowSpec":
-        size, _, slide = str(text).partition("/")
-        size_s, slide_s = window_seconds(size), window_seconds(slide or size)
-        if slide_s > size_s or size_s % slide_s:
-            raise ValueError(f"window {text!r}: SLIDE must divide SIZE")
-        return cls(str(text), size_s, slide_s)
-
-
 def assign_windows(event_time: pd.Series, spec: WindowSpec | str) -> pd.DataFrame:
     """``(row, window_start)`` pairs: every window of ``spec`` holding each row's ``event_time`` (UTC), i.e.
     ``start = k * slide`` with ``start <= t < start + size``; ``row`` is the position in ``event_time``."""
