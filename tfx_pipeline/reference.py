@@ -24,6 +24,8 @@ for a push that had none, the ExampleStatistics and Schema artifacts of the same
 
 from __future__ import annotations
 
+import logging
+
 import glob
 import json
 import os
@@ -179,8 +181,9 @@ def load_reference(version_dir: str, metadata_path: str | None = None) -> Refere
     if os.path.isfile(score_file):
         try:
             out.score_statistics, out.score_file = tfdv.load_stats_binary(score_file), score_file
-        except Exception:  # noqa: BLE001 (score drift is then skipped for the version; features still work)
-            pass
+        except Exception as exc:  # noqa: BLE001 (score drift is then skipped for the version; features still work)
+            logging.getLogger(__name__).warning("%s: unreadable score statistics (%s: %s); score drift is skipped "
+                                                "for this version", score_file, type(exc).__name__, exc)
     return out
 
 
