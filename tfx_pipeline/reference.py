@@ -24,10 +24,9 @@ for a push that had none, the ExampleStatistics and Schema artifacts of the same
 
 from __future__ import annotations
 
-import logging
-
 import glob
 import json
+import logging
 import os
 from dataclasses import dataclass
 from typing import Any, Iterable
